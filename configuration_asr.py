@@ -1,0 +1,149 @@
+"""Configuration of the Tiny Audio speech-LLM: Whisper encoder -> projector -> decoder-only LLM."""
+
+import os
+from pathlib import Path
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+SAMPLING_RATE = 16_000
+HOP_LENGTH = 160  # Whisper's mel hop: 100 feature frames per second
+MAX_FEATURE_FRAMES = 3000  # Whisper's position table covers 30 s
+
+
+def conv_output_length(length, kernel_size=3, stride=2, padding=1):
+    """Frames out of one strided Conv1d; works on ints and integer tensors alike."""
+    return (length + 2 * padding - kernel_size) // stride + 1
+
+
+def feature_frames_to_audio_tokens(num_frames):
+    """Mel frames -> audio tokens: Whisper's stride-2 conv, then the projector's two stride-2 convs (8x)."""
+    encoder_frames = conv_output_length(num_frames)
+    return conv_output_length(conv_output_length(encoder_frames))
+
+
+def num_audio_tokens(num_samples: int, pad_audio_to_30s: bool = False) -> int:
+    """The one definition of "16 kHz samples -> audio tokens" shared by processor and model (12.5 per second)."""
+    num_frames = MAX_FEATURE_FRAMES if pad_audio_to_30s else num_samples // HOP_LENGTH
+    return int(feature_frames_to_audio_tokens(num_frames)) if num_frames > 0 else 0
+
+
+def mirror_root() -> Path:
+    """Folder of local copies of base models, `<root>/<owner>/<name>/`, used when the Hub cannot be reached."""
+    return Path(os.environ.get("TINY_AUDIO_MIRROR", Path.home() / ".cache" / "tiny_audio" / "mirror"))
+
+
+def from_pretrained_or_mirror(loader, model_id: str, revision: str | None = None, **kwargs):
+    """`loader.from_pretrained(model_id)`, falling back to a local mirror of `model_id` when the Hub is unreachable."""
+    try:
+        return loader.from_pretrained(model_id, revision=revision, **kwargs)
+    except OSError:
+        mirror = mirror_root() / model_id
+        if not mirror.is_dir():
+            raise
+        logger.info(f"{model_id} is not reachable on the Hub; loading the local mirror {mirror}")
+        return loader.from_pretrained(mirror, **kwargs)
+
+
+class ASRConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`ASRModel`]: a frozen Whisper encoder, a trained projector and a frozen decoder-only LLM.
+
+    Args:
+        audio_config (`dict` or `PreTrainedConfig`): the Whisper config whose encoder is used.
+        text_config (`dict` or `PreTrainedConfig`): the LLM config.
+        audio_model_id / text_model_id (`str`): Hub ids the frozen parts are loaded from; `None` for random init.
+        audio_model_revision / text_model_revision (`str`): pinned revisions of those ids, when known.
+        projector_hidden_size (`int`): width of the projector's convolutions' output MLP (defaults to the LLM width).
+        projector_init_scale (`float`): RMS of the projector output at initialisation (matched to the embeddings).
+        audio_token (`str`): placeholder the processor expands to one token per audio frame.
+        audio_token_id (`int`): its id in the tokenizer (may lie outside the LLM's embedding table; never embedded).
+        system_prompt / user_prompt (`str`): the chat prompt; `user_prompt` must contain `audio_token`.
+        pad_audio_to_30s (`bool`): pad every clip to 30 s like Whisper (750 audio tokens); for comparisons only.
+        max_new_tokens_per_second / min_new_tokens_cap (`float` / `int`): cap generated tokens by audio duration.
+        lora_rank / lora_alpha / lora_dropout / lora_target_modules: optional LoRA adapters on the LLM (rank 0: none).
+        trained_weights_only (`bool`): set on save when the weights file holds only the projector and adapters.
+    """
+
+    model_type = "tiny_audio"
+    sub_configs_defaults = {
+        "audio_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="whisper",
+            init_kwargs={  # openai/whisper-large-v3-turbo
+                "d_model": 1280,
+                "encoder_layers": 32,
+                "encoder_attention_heads": 20,
+                "encoder_ffn_dim": 5120,
+                "decoder_layers": 4,
+                "decoder_attention_heads": 20,
+                "decoder_ffn_dim": 5120,
+                "num_mel_bins": 128,
+                "vocab_size": 51866,
+            },
+        ),
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="smollm3",
+            init_kwargs={  # HuggingFaceTB/SmolLM3-3B
+                "hidden_size": 2048,
+                "intermediate_size": 11008,
+                "num_hidden_layers": 36,
+                "num_attention_heads": 16,
+                "num_key_value_heads": 4,
+                "vocab_size": 128256,
+                "max_position_embeddings": 65536,
+                "rope_theta": 5_000_000.0,
+                "rms_norm_eps": 1e-6,
+                "tie_word_embeddings": True,
+                "bos_token_id": 128000,
+                "eos_token_id": 128012,
+                "pad_token_id": 128004,
+            },
+        ),
+    }
+
+    audio_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    audio_model_id: str | None = "openai/whisper-large-v3-turbo"
+    audio_model_revision: str | None = None
+    text_model_id: str | None = "HuggingFaceTB/SmolLM3-3B"
+    text_model_revision: str | None = None
+    projector_hidden_size: int | None = None
+    projector_init_scale: float | None = None
+    audio_token: str = "<audio>"
+    audio_token_id: int | None = None
+    system_prompt: str | None = "/no_think"
+    user_prompt: str = "Transcribe the audio: <audio>"
+    pad_audio_to_30s: bool = False
+    max_new_tokens_per_second: float = 8.0
+    min_new_tokens_cap: int = 16
+    lora_rank: int = 0
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+    trained_weights_only: bool = False
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.audio_token not in self.user_prompt:
+            raise ValueError(f"user_prompt {self.user_prompt!r} must contain the audio placeholder {self.audio_token!r}")
+        if self.projector_hidden_size is None:
+            self.projector_hidden_size = self.text_config.hidden_size
+        if self.lora_target_modules is None:
+            self.lora_target_modules = ["q_proj", "v_proj"]
+
+    def num_audio_tokens(self, num_samples: int) -> int:
+        """Audio tokens this model spends on a clip of `num_samples` 16 kHz samples."""
+        return num_audio_tokens(num_samples, self.pad_audio_to_30s)
+
+    def max_new_tokens_for(self, num_samples: int) -> int:
+        """Cap on generated tokens for a clip, so a confused model cannot run away."""
+        return int(self.min_new_tokens_cap + self.max_new_tokens_per_second * num_samples / SAMPLING_RATE)
+
+
+__all__ = ["ASRConfig", "from_pretrained_or_mirror", "num_audio_tokens"]

@@ -1,0 +1,325 @@
+"""Tiny Audio speech-LLM: frozen Whisper encoder -> trained projector -> frozen decoder-only LLM."""
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    WhisperModel,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import cached_file, logging
+
+try:
+    from .configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, ASRConfig, conv_output_length, from_pretrained_or_mirror
+    from .pipeline_asr import ASRPipeline  # noqa: F401  (ships with the model; saved beside it)
+except ImportError:
+    from configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, ASRConfig, conv_output_length, from_pretrained_or_mirror
+    from pipeline_asr import ASRPipeline  # noqa: F401
+
+logger = logging.get_logger(__name__)
+
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder", "_commit_hash")
+WEIGHTS_NAME = "model.safetensors"
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """(batch,) lengths -> (batch, max_length) boolean mask of valid positions."""
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class AudioProjector(nn.Module):
+    """Two stride-2 convolutions (4x fewer frames), then Linear -> GELU -> Linear -> RMSNorm into the LLM's width."""
+
+    def __init__(self, config: ASRConfig):
+        super().__init__()
+        audio_dim, llm_dim = config.audio_config.d_model, config.text_config.hidden_size
+        self.conv1 = nn.Conv1d(audio_dim, audio_dim, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(audio_dim, audio_dim, kernel_size=3, stride=2, padding=1)
+        self.linear1 = nn.Linear(audio_dim, config.projector_hidden_size)
+        self.act = nn.GELU()
+        self.linear2 = nn.Linear(config.projector_hidden_size, llm_dim)
+        self.norm = nn.RMSNorm(llm_dim, eps=1e-6)
+
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, frames, audio_dim) with valid lengths -> (batch, frames / 4, llm_dim) and their valid lengths."""
+        hidden_states = hidden_states.to(self.conv1.weight.dtype).transpose(1, 2)
+        for conv in (self.conv1, self.conv2):
+            # Zero the padding so a clip's output does not depend on what it is batched with.
+            hidden_states = hidden_states * lengths_to_mask(lengths, hidden_states.shape[-1])[:, None, :]
+            hidden_states = nn.functional.gelu(conv(hidden_states))
+            lengths = conv_output_length(lengths)
+        hidden_states = self.linear2(self.act(self.linear1(hidden_states.transpose(1, 2))))
+        return self.norm(hidden_states), lengths
+
+
+class AudioLengthStoppingCriteria(StoppingCriteria):
+    """Stops each sequence once it has generated its own cap of new tokens (set from its audio duration)."""
+
+    def __init__(self, prompt_length: int, max_new_tokens: torch.Tensor):
+        self.prompt_length = prompt_length
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return (input_ids.shape[1] - self.prompt_length) >= self.max_new_tokens.to(input_ids.device)
+
+
+class ASRPreTrainedModel(PreTrainedModel):
+    config_class = ASRConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    _keep_in_fp32_modules = ["projector"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["WhisperEncoderLayer"]
+
+
+class ASRModel(ASRPreTrainedModel, GenerationMixin):
+    """Speech recognition with a decoder-only LLM.
+
+    Audio features run through the Whisper encoder at their real length (never padded to 30 s), the projector maps
+    every 8 mel frames to one LLM embedding, and those embeddings replace the audio placeholder tokens of the prompt.
+    Only the projector (and optional LoRA adapters) train.
+    """
+
+    def __init__(self, config: ASRConfig, audio_encoder: nn.Module | None = None, language_model: nn.Module | None = None):
+        super().__init__(config)
+        self.audio_encoder = audio_encoder if audio_encoder is not None else WhisperEncoder(config.audio_config)
+        self.projector = AudioProjector(config)
+        self.language_model = (
+            language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
+        )
+        self.audio_encoder.requires_grad_(False)
+        self.language_model.requires_grad_(False)
+        if config.lora_rank > 0:
+            self._add_lora_adapters()
+        if not self.projector.norm.weight.is_meta:
+            self.match_projector_scale()
+        self.post_init()
+
+    @classmethod
+    def from_base_models(cls, config: ASRConfig, dtype: torch.dtype | str | None = None) -> "ASRModel":
+        """A fresh model whose encoder and LLM are the pretrained `config.audio_model_id` and `config.text_model_id`.
+
+        Saving it writes only the trained weights; loading it fetches the base models again.
+        """
+        encoder = from_pretrained_or_mirror(WhisperModel, config.audio_model_id, config.audio_model_revision, dtype=dtype)
+        llm = from_pretrained_or_mirror(AutoModelForCausalLM, config.text_model_id, config.text_model_revision, dtype=dtype)
+        config.audio_config = encoder.config
+        config.text_config = llm.config
+        config.trained_weights_only = True
+        return cls(config, audio_encoder=encoder.get_encoder(), language_model=llm)
+
+    # ----------------------------------------------------------------- loading and saving
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config: ASRConfig | None = None, **kwargs):
+        """Loads a saved model; a checkpoint with only trained weights gets its base models from their Hub ids."""
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        if config is None:
+            config = ASRConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if not config.trained_weights_only:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        model = cls.from_base_models(config, dtype=None if dtype == "auto" else dtype)
+        weights_file = cached_file(pretrained_model_name_or_path, WEIGHTS_NAME, **hub_kwargs)
+        model.load_trained_weights(load_file(weights_file))
+        device_map = kwargs.get("device_map")
+        if isinstance(device_map, (str, torch.device)) and device_map != "auto":
+            model.to(device_map)
+        return model.eval()
+
+    @staticmethod
+    def is_trained_weight(name: str) -> bool:
+        """Whether a state-dict key belongs to what this project trains (projector, LoRA), not to a base model."""
+        return name.startswith("projector.") or "lora_" in name
+
+    def load_trained_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Loads projector and adapter weights, refusing a checkpoint that lacks any of them."""
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        missing_trained = [key for key in missing if self.is_trained_weight(key)]
+        if missing_trained or unexpected:
+            raise ValueError(
+                f"checkpoint does not match the model: missing trained weights {missing_trained}, "
+                f"unexpected weights {list(unexpected)}"
+            )
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """Saves config, code and weights: only trained weights when the base models can be fetched again."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModelForSpeechSeq2Seq": "modeling_asr.ASRModel"}
+        self.config.custom_pipelines = {
+            "automatic-speech-recognition": {
+                "impl": "pipeline_asr.ASRPipeline",
+                "pt": ["AutoModelForSpeechSeq2Seq"],
+                "tf": [],
+                "type": "audio",
+            }
+        }
+        if self.config.trained_weights_only:
+            state_dict = state_dict if state_dict is not None else self.state_dict()
+            state_dict = {key: value for key, value in state_dict.items() if self.is_trained_weight(key)}
+        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+    # ----------------------------------------------------------------- modules
+
+    def _add_lora_adapters(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora_config = LoraConfig(
+            r=self.config.lora_rank,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=list(self.config.lora_target_modules),
+        )
+        inject_adapter_in_model(lora_config, self.language_model)
+
+    @torch.no_grad()
+    def match_projector_scale(self) -> None:
+        """Sets the projector's output RMS to the RMS of the LLM's token embeddings (or to `projector_init_scale`)."""
+        if self.config.projector_init_scale is None:
+            embeddings = self.get_input_embeddings().weight.float()
+            self.config.projector_init_scale = embeddings.pow(2).mean(-1).sqrt().mean().item()
+        self.projector.norm.weight.fill_(self.config.projector_init_scale)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def train(self, mode: bool = True) -> "ASRModel":
+        """Frozen parts stay in eval mode (no dropout) even while the Trainer trains the projector."""
+        super().train(mode)
+        self.audio_encoder.eval()
+        if self.config.lora_rank == 0:
+            self.language_model.eval()
+        return self
+
+    # ----------------------------------------------------------------- forward
+
+    def encode_audio(self, input_features: torch.Tensor, feature_lengths: torch.Tensor):
+        """Runs the Whisper encoder on the real length of each clip; padding inside a batch changes nothing."""
+        if input_features.shape[-1] > MAX_FEATURE_FRAMES:
+            raise ValueError(
+                f"audio clips are limited to 30 s ({MAX_FEATURE_FRAMES} feature frames), got {input_features.shape[-1]}; "
+                "the pipeline splits longer audio"
+            )
+        encoder = self.audio_encoder
+        features = input_features.to(encoder.conv1.weight.dtype)
+        features = features * lengths_to_mask(feature_lengths, features.shape[-1])[:, None, :]
+        hidden_states = nn.functional.gelu(encoder.conv1(features))
+        hidden_states = hidden_states * lengths_to_mask(feature_lengths, hidden_states.shape[-1])[:, None, :]
+        hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).transpose(1, 2)
+        lengths = conv_output_length(feature_lengths)
+        hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
+        attention_mask = None
+        if (lengths < hidden_states.shape[1]).any():
+            padding = ~lengths_to_mask(lengths, hidden_states.shape[1])
+            attention_mask = torch.zeros(padding.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+            attention_mask = attention_mask.masked_fill(padding, torch.finfo(hidden_states.dtype).min)[:, None, None, :]
+        for layer in encoder.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+        return encoder.layer_norm(hidden_states), lengths
+
+    def get_audio_features(self, input_features: torch.Tensor, input_features_mask: torch.Tensor):
+        """Mel features (batch, mels, frames) -> projected audio embeddings (batch, tokens, llm_dim) and lengths."""
+        if not torch.isfinite(input_features).all():
+            raise ValueError("input_features contain NaN or Inf values; check the audio for corrupt samples")
+        feature_lengths = input_features_mask.sum(-1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.audio_encoder.conv1.weight.requires_grad):
+            hidden_states, lengths = self.encode_audio(input_features, feature_lengths)
+        return self.projector(hidden_states, lengths)
+
+    def embed_prompt(self, input_ids, input_features=None, input_features_mask=None) -> torch.Tensor:
+        """Token embeddings of the prompt with the projected audio spliced in at the placeholder positions."""
+        audio_positions = input_ids == self.config.audio_token_id
+        # The placeholder may lie outside the LLM's vocabulary: it is never looked up, so no resizing is needed.
+        inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(audio_positions, 0))
+        if input_features is None:
+            if audio_positions.any():
+                raise ValueError("input_ids contain audio placeholder tokens but no input_features were given")
+            return inputs_embeds
+        audio_embeds, audio_lengths = self.get_audio_features(input_features, input_features_mask)
+        placeholders = audio_positions.sum(-1)
+        if not torch.equal(placeholders.cpu(), audio_lengths.cpu()):
+            raise ValueError(
+                f"number of audio placeholder tokens {placeholders.tolist()} does not match the audio tokens "
+                f"{audio_lengths.tolist()} of the features; build inputs with ASRProcessor"
+            )
+        audio_embeds = audio_embeds[lengths_to_mask(audio_lengths, audio_embeds.shape[1])]
+        return inputs_embeds.masked_scatter(audio_positions[..., None], audio_embeds.to(inputs_embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch, mels, frames)`): log-mel features, zero-padded.
+        input_features_mask (`torch.LongTensor` of shape `(batch, frames)`): 1 on the real frames of each clip.
+        labels (`torch.LongTensor`): target ids, -100 everywhere but the transcript and its end-of-turn token. The LM
+            head then runs only on those positions.
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_prompt(input_ids, input_features, input_features_mask)
+        if position_ids is None and attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            if cache is not None and cache.get_seq_length() > 0:
+                position_ids = position_ids[:, -inputs_embeds.shape[1] :]
+        if labels is None:
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+            return CausalLMOutputWithPast(logits=outputs.logits, cache=outputs.cache)
+
+        hidden_states = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        ).last_hidden_state
+        targets = labels[:, 1:].to(hidden_states.device)
+        labelled = targets != -100
+        logits = self.get_output_embeddings()(hidden_states[:, :-1][labelled]).float()
+        loss = nn.functional.cross_entropy(logits, targets[labelled], reduction="sum")
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else labelled.sum().clamp(min=1))
+        return CausalLMOutputWithPast(loss=loss)
+
+    # ----------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, input_features=None, input_features_mask=None, **kwargs):
+        """Greedy decoding with the KV cache; each clip's new tokens are capped by its duration unless
+        `max_new_tokens` is given. Returns prompt + generated ids, like any decoder-only `generate`."""
+        if input_features_mask is not None and "max_new_tokens" not in kwargs:
+            num_samples = input_features_mask.sum(-1).cpu() * HOP_LENGTH
+            caps = torch.tensor([self.config.max_new_tokens_for(int(n)) for n in num_samples])
+            kwargs["max_new_tokens"] = int(caps.max())
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [*kwargs.get("stopping_criteria", []), AudioLengthStoppingCriteria(input_ids.shape[1], caps)]
+            )
+        return super().generate(
+            input_ids=input_ids, input_features=input_features, input_features_mask=input_features_mask, **kwargs
+        )
+
+
+ASRConfig.register_for_auto_class()
+ASRModel.register_for_auto_class("AutoModel")
+
+__all__ = ["ASRModel", "ASRPreTrainedModel", "AudioProjector"]

@@ -1,0 +1,148 @@
+"""`automatic-speech-recognition` pipeline of the Tiny Audio speech-LLM: any audio in, text (and timestamps) out."""
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from transformers.pipelines.base import ChunkPipeline
+
+try:
+    from .configuration_asr import HOP_LENGTH, SAMPLING_RATE
+    from .processing_asr import InvalidAudioError, load_audio, read_audio_file, to_mono_float32
+except ImportError:
+    from configuration_asr import HOP_LENGTH, SAMPLING_RATE
+    from processing_asr import InvalidAudioError, load_audio, read_audio_file, to_mono_float32
+
+FILE_BLOCK_SECONDS = 10
+QUIET_FRAME = 400  # 25 ms frames when looking for a quiet point to split at
+
+
+def file_blocks(path: str | Path):
+    """Streams a file as 16 kHz mono float32 blocks, so hour-long files never sit in memory whole."""
+    read_audio_file(path)  # clear error for a missing or undecodable file before streaming
+    with sf.SoundFile(path) as audio_file:
+        resampler = soxr.ResampleStream(audio_file.samplerate, SAMPLING_RATE, 1, dtype="float32")
+        blocks = audio_file.blocks(blocksize=audio_file.samplerate * FILE_BLOCK_SECONDS, dtype="float32", always_2d=True)
+        for block in blocks:
+            yield resampler.resample_chunk(block.mean(axis=1))
+        yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
+def audio_blocks(inputs, sampling_rate: int | None):
+    """Any supported pipeline input -> iterator of 16 kHz mono float32 blocks."""
+    if isinstance(inputs, (str, Path)):
+        yield from file_blocks(inputs)
+    else:
+        yield load_audio(inputs, sampling_rate)
+
+
+def quietest_point(samples: np.ndarray, start: int, stop: int) -> int:
+    """Index of the centre of the lowest-energy 25 ms frame in samples[start:stop]."""
+    window = samples[start:stop]
+    energy = np.square(window[: window.size // QUIET_FRAME * QUIET_FRAME]).reshape(-1, QUIET_FRAME).sum(axis=1)
+    return start + int(np.argmin(energy)) * QUIET_FRAME + QUIET_FRAME // 2
+
+
+def split_at_quiet_points(blocks, max_samples: int, min_samples: int):
+    """Yields (offset, chunk) pieces of at most `max_samples`, cut at the quietest point past `min_samples`."""
+    buffer, offset = np.zeros(0, dtype=np.float32), 0
+    for block in blocks:
+        buffer = np.concatenate([buffer, block])
+        while buffer.size > max_samples:
+            cut = quietest_point(buffer, min_samples, max_samples)
+            yield offset, buffer[:cut]
+            buffer, offset = buffer[cut:], offset + cut
+    if buffer.size:
+        yield offset, buffer
+
+
+class ASRPipeline(ChunkPipeline):
+    """Transcribes audio of any length with an `ASRModel`.
+
+    Inputs: a file path (wav, flac, ogg, mp3, ...), raw file bytes, a 16 kHz numpy array or torch tensor, or a dict
+    `{"array" | "raw": samples, "sampling_rate": rate}`; any sample rate, mono or stereo, float or int PCM. Audio longer
+    than `chunk_length_s` (30 s) is split at quiet points and transcribed whole; `return_timestamps=True` adds the
+    start and end of each piece. Clips of a batch (`batch_size`) are decoded together.
+    """
+
+    _load_processor = True
+    _load_feature_extractor = False
+    _load_tokenizer = False
+    _load_image_processor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The processor builds features clip by clip; the generic batch collate must not try to pad them.
+        self.feature_extractor = None
+
+    def _sanitize_parameters(
+        self, return_timestamps=None, chunk_length_s=None, sampling_rate=None, max_new_tokens=None, streamer=None, **kwargs
+    ):
+        preprocess = {k: v for k, v in {"chunk_length_s": chunk_length_s, "sampling_rate": sampling_rate}.items() if v}
+        forward = dict(kwargs.pop("generate_kwargs", {}), **kwargs)
+        if max_new_tokens is not None:
+            forward["max_new_tokens"] = max_new_tokens
+        if streamer is not None:
+            forward["streamer"] = streamer
+        postprocess = {"return_timestamps": return_timestamps} if return_timestamps is not None else {}
+        return preprocess, forward, postprocess
+
+    def preprocess(self, inputs, chunk_length_s: float = 30.0, sampling_rate: int | None = None):
+        if inputs is None or (isinstance(inputs, (str, bytes)) and len(inputs) == 0):
+            raise InvalidAudioError("audio input is empty")
+        max_samples = int(chunk_length_s * SAMPLING_RATE)
+        pieces = split_at_quiet_points(audio_blocks(inputs, sampling_rate), max_samples, max_samples * 2 // 3)
+        previous, total, audible = None, 0, False
+        for offset, chunk in pieces:
+            bad = ~np.isfinite(chunk)
+            if bad.any():
+                position = (offset + int(np.flatnonzero(bad)[0])) / SAMPLING_RATE
+                raise InvalidAudioError(f"audio contains NaN or Inf samples (first at {position:.2f} s)")
+            audible = audible or bool(chunk.any())
+            if previous is not None:
+                yield {**previous, "is_last": False}
+            previous, total = self._chunk_item(offset, chunk), offset + chunk.size
+        if previous is None or total == 0:
+            raise InvalidAudioError("audio is empty")
+        if not audible:
+            raise InvalidAudioError("audio is silent (all samples are zero)")
+        yield {**previous, "is_last": True}
+
+    @staticmethod
+    def _chunk_item(offset: int, chunk: np.ndarray) -> dict:
+        return {
+            "audio": chunk,
+            "silent": not chunk.any() or chunk.size < HOP_LENGTH,
+            "start": offset / SAMPLING_RATE,
+            "end": (offset + chunk.size) / SAMPLING_RATE,
+        }
+
+    def _forward(self, model_inputs, **generate_kwargs):
+        batched = isinstance(model_inputs["start"], list)
+        items = model_inputs if batched else {key: [value] for key, value in model_inputs.items()}
+        texts = [""] * len(items["audio"])
+        audible = [index for index, silent in enumerate(items["silent"]) if not silent]
+        if audible:
+            inputs = self.processor(audio=[items["audio"][index] for index in audible]).to(self.device)
+            generated = self.model.generate(
+                **inputs,
+                eos_token_id=self.processor.end_of_turn_token_id,
+                pad_token_id=self.processor.tokenizer.pad_token_id,
+                **generate_kwargs,
+            )
+            decoded = self.processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for index, text in zip(audible, decoded):
+                texts[index] = text.strip()
+        outputs = {"text": texts, "start": items["start"], "end": items["end"], "is_last": items["is_last"]}
+        return outputs if batched else {key: value[0] for key, value in outputs.items()}
+
+    def postprocess(self, model_outputs, return_timestamps: bool = False):
+        pieces = [output for output in model_outputs if output["text"]]
+        result = {"text": " ".join(piece["text"] for piece in pieces)}
+        if return_timestamps:
+            result["chunks"] = [{"text": p["text"], "timestamp": (p["start"], p["end"])} for p in pieces]
+        return result
+
+
+__all__ = ["ASRPipeline", "split_at_quiet_points", "to_mono_float32"]

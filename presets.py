@@ -1,0 +1,127 @@
+"""Named model builds: the reference build, the offline `tiny` build and the random `tiny-random` smoke build."""
+
+from dataclasses import dataclass, field
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, WhisperFeatureExtractor, set_seed
+
+from configuration_asr import ASRConfig, from_pretrained_or_mirror
+from modeling_asr import ASRModel
+from processing_asr import ASRProcessor
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TINY_RANDOM_WORDS = (
+    "the a an and of to in is it you that he was for on are with as his they be at one have this from or had by "
+    "word but what some we can out other were all there when up use your how said each she which do their time if "
+    "will way about many then them write would like so these her long make thing see him two has look more day could "
+    "go come did number sound no most people my over know water than call first who may down side been now find"
+).split()
+
+
+@dataclass
+class Preset:
+    """A model build: base model ids (or random configs), prompt and projector settings."""
+
+    name: str
+    config: dict = field(default_factory=dict)
+    random_weights: bool = False
+
+
+PRESETS = {
+    "reference": Preset("reference"),
+    "tiny": Preset(
+        "tiny",
+        {
+            "audio_model_id": "openai/whisper-tiny.en",
+            "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "system_prompt": None,
+            "user_prompt": "Transcribe the audio: <audio>",
+        },
+    ),
+    "tiny-random": Preset(
+        "tiny-random",
+        {
+            "audio_model_id": None,
+            "text_model_id": None,
+            "system_prompt": "/no_think",
+            "audio_config": {
+                "model_type": "whisper",
+                "d_model": 64,
+                "encoder_layers": 2,
+                "encoder_attention_heads": 4,
+                "encoder_ffn_dim": 128,
+                "decoder_layers": 1,
+                "decoder_attention_heads": 4,
+                "decoder_ffn_dim": 128,
+                "num_mel_bins": 80,
+                "max_source_positions": 1500,
+            },
+            "text_config": {
+                "model_type": "smollm3",
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "vocab_size": 512,
+                "max_position_embeddings": 2048,
+                "tie_word_embeddings": True,
+                "pad_token_id": 0,  # the ids of build_offline_tokenizer's special tokens
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+            },
+        },
+        random_weights=True,
+    ),
+}
+
+
+def build_offline_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer with a ChatML chat template, trained in-process (no download)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    corpus = [" ".join(TINY_RANDOM_WORDS[i:] + TINY_RANDOM_WORDS[:i]) for i in range(len(TINY_RANDOM_WORDS))]
+    tokenizer.train_from_iterator(corpus + ["Transcribe the audio: system user assistant /no_think"], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
+    )
+
+
+def build(preset: str = "tiny", seed: int = 0, **overrides) -> tuple[ASRModel, ASRProcessor]:
+    """A fresh (untrained projector) model and its processor for a named preset."""
+    spec = PRESETS[preset]
+    config_kwargs = {**spec.config, **overrides}
+    set_seed(seed)
+    if spec.random_weights:
+        tokenizer = build_offline_tokenizer(config_kwargs["text_config"]["vocab_size"])
+        feature_extractor = WhisperFeatureExtractor(feature_size=config_kwargs["audio_config"]["num_mel_bins"])
+        config = ASRConfig(**config_kwargs)
+        processor = ASRProcessor.from_config(config, feature_extractor, tokenizer)
+        config.audio_token_id = processor.audio_token_id
+        model = ASRModel(config)
+    else:
+        config = ASRConfig(**config_kwargs)
+        feature_extractor = from_pretrained_or_mirror(
+            WhisperFeatureExtractor, config.audio_model_id, config.audio_model_revision
+        )
+        tokenizer = from_pretrained_or_mirror(AutoTokenizer, config.text_model_id, config.text_model_revision)
+        processor = ASRProcessor.from_config(config, feature_extractor, tokenizer)
+        config.audio_token_id = processor.audio_token_id
+        model = ASRModel.from_base_models(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = processor.end_of_turn_token_id
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.do_sample = False
+    return model, processor

@@ -1,0 +1,242 @@
+"""Processor of the Tiny Audio speech-LLM: audio loading and checks, Whisper features, chat prompts and labels."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from transformers import AddedToken, BatchFeature, ProcessorMixin
+
+try:
+    from .configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, SAMPLING_RATE, num_audio_tokens
+except ImportError:
+    from configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, SAMPLING_RATE, num_audio_tokens
+
+IGNORE_INDEX = -100
+
+
+class InvalidAudioError(ValueError):
+    """Audio that cannot be transcribed: unreadable, empty, silent, NaN/Inf, wrong type or wrong length."""
+
+
+def to_mono_float32(samples: np.ndarray, name: str = "audio") -> np.ndarray:
+    """Int PCM -> float in [-1, 1]; (frames, channels) or (channels, frames) -> mono by averaging channels."""
+    samples = np.asarray(samples)
+    if samples.dtype.kind in "iu":
+        info = np.iinfo(samples.dtype)
+        offset = (info.max + 1) // 2 if samples.dtype.kind == "u" else 0
+        samples = (samples.astype(np.float64) - offset) / (info.max - offset + 1)
+    elif samples.dtype.kind != "f":
+        raise InvalidAudioError(f"{name}: expected numeric samples, got dtype {samples.dtype}")
+    if samples.ndim == 2:
+        channel_axis = 0 if samples.shape[0] < samples.shape[1] else 1
+        samples = samples.mean(axis=channel_axis)
+    elif samples.ndim != 1:
+        raise InvalidAudioError(f"{name}: expected 1-D (mono) or 2-D (multi-channel) samples, got shape {samples.shape}")
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, orig_rate: int, target_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """High-quality resampling with soxr (no torchaudio or ffmpeg needed)."""
+    if orig_rate == target_rate:
+        return samples
+    return soxr.resample(samples, orig_rate, target_rate).astype(np.float32, copy=False)
+
+
+def read_audio_file(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndarray, int]:
+    """Decodes a file path or raw file bytes (wav, flac, ogg, mp3, ... through soundfile) to (samples, rate)."""
+    name = name or (f"file {str(source)!r}" if not isinstance(source, bytes) else "audio bytes")
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise InvalidAudioError(f"{name}: no such file")
+    try:
+        samples, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else source, always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise InvalidAudioError(f"{name}: could not decode audio ({error})") from error
+    return samples, rate
+
+
+def load_audio(source, sampling_rate: int | None = None, name: str = "audio") -> np.ndarray:
+    """Any supported input -> float32 mono samples at 16 kHz.
+
+    `source` is a file path, raw file bytes, a numpy array or torch tensor (at `sampling_rate`, default 16 kHz), or a
+    dict `{"array" | "raw": samples, "sampling_rate": rate}` (or `{"path": ...}` / `{"bytes": ...}`).
+    """
+    if isinstance(source, dict):
+        rate = source.get("sampling_rate", sampling_rate)
+        for key in ("array", "raw", "bytes", "path"):
+            if source.get(key) is not None:
+                return load_audio(source[key], rate, name)
+        raise InvalidAudioError(f"{name}: dict input needs an 'array', 'raw', 'bytes' or 'path' entry, got {list(source)}")
+    if isinstance(source, (str, Path, bytes)):
+        samples, rate = read_audio_file(source)
+    elif isinstance(source, (np.ndarray, torch.Tensor, list)):
+        samples = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
+        rate = sampling_rate or SAMPLING_RATE
+    else:
+        raise InvalidAudioError(
+            f"{name}: unsupported input type {type(source).__name__}; pass a file path, bytes, numpy array, "
+            "torch tensor or a dict with 'array' and 'sampling_rate'"
+        )
+    return resample(to_mono_float32(samples, name), int(rate))
+
+
+def check_audio(samples: np.ndarray, name: str = "audio", max_seconds: float | None = None) -> None:
+    """Raises `InvalidAudioError` for audio that cannot be transcribed."""
+    if samples.size == 0:
+        raise InvalidAudioError(f"{name} is empty")
+    if not np.isfinite(samples).all():
+        first_bad = int(np.flatnonzero(~np.isfinite(samples))[0])
+        raise InvalidAudioError(f"{name} contains NaN or Inf samples (first at {first_bad / SAMPLING_RATE:.2f} s)")
+    if not samples.any():
+        raise InvalidAudioError(f"{name} is silent (all samples are zero)")
+    if samples.size < HOP_LENGTH:
+        raise InvalidAudioError(f"{name} is too short: {samples.size} samples, at least {HOP_LENGTH} (10 ms) needed")
+    if max_seconds is not None and samples.size > max_seconds * SAMPLING_RATE:
+        raise InvalidAudioError(f"{name} is {samples.size / SAMPLING_RATE:.1f} s long, the limit is {max_seconds:g} s")
+
+
+class ASRProcessor(ProcessorMixin):
+    r"""
+    Whisper feature extractor + LLM tokenizer + chat prompt.
+
+    Builds inference inputs (`input_ids` with one placeholder per audio token, left-padded `attention_mask`,
+    zero-padded `input_features` and their own `input_features_mask`) and, given transcripts, training `labels`
+    (prompt + transcript + end-of-turn, loss only on the transcript and the end-of-turn token).
+    """
+
+    def __init__(
+        self,
+        feature_extractor=None,
+        tokenizer=None,
+        chat_template=None,
+        audio_token: str = "<audio>",
+        system_prompt: str | None = None,
+        user_prompt: str = "Transcribe the audio: <audio>",
+        pad_audio_to_30s: bool = False,
+    ):
+        if audio_token not in user_prompt:
+            raise ValueError(f"user_prompt {user_prompt!r} must contain the audio placeholder {audio_token!r}")
+        if audio_token not in tokenizer.get_vocab():
+            tokenizer.add_tokens([AddedToken(audio_token, special=True, normalized=False)], special_tokens=True)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self.audio_token = audio_token
+        self.system_prompt = system_prompt
+        self.user_prompt = user_prompt
+        self.pad_audio_to_30s = pad_audio_to_30s
+        super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
+        self.prompt = self._render_prompt()
+        self.end_of_turn_token_id = self._end_of_turn_token_id()
+
+    @classmethod
+    def from_config(cls, config, feature_extractor, tokenizer, **kwargs) -> "ASRProcessor":
+        """A processor whose prompt settings are those of an `ASRConfig`."""
+        return cls(
+            feature_extractor,
+            tokenizer,
+            audio_token=config.audio_token,
+            system_prompt=config.system_prompt,
+            user_prompt=config.user_prompt,
+            pad_audio_to_30s=config.pad_audio_to_30s,
+            **kwargs,
+        )
+
+    def _messages(self, assistant: str | None = None) -> list[dict]:
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": self.user_prompt})
+        if assistant is not None:
+            messages.append({"role": "assistant", "content": assistant})
+        return messages
+
+    def _apply_template(self, messages, **kwargs) -> str:
+        template = self.chat_template or self.tokenizer.chat_template
+        return self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs)
+
+    def _render_prompt(self) -> str:
+        prompt = self._apply_template(self._messages(), add_generation_prompt=True)
+        if prompt.count(self.audio_token) != 1:
+            raise ValueError(f"the chat template must keep exactly one {self.audio_token!r} in the prompt: {prompt!r}")
+        return prompt
+
+    def _end_of_turn_token_id(self) -> int:
+        """The special token the chat template closes an assistant turn with (e.g. `<|im_end|>`), else EOS."""
+        marker = "TRANSCRIPT_END_MARKER"
+        after = self._apply_template(self._messages(assistant=marker)).split(marker, 1)[-1].lstrip()
+        for token in sorted(self.tokenizer.all_special_tokens, key=len, reverse=True):
+            if token and after.startswith(token):
+                return self.tokenizer.convert_tokens_to_ids(token)
+        return self.tokenizer.eos_token_id
+
+    def num_audio_tokens(self, num_samples: int) -> int:
+        return num_audio_tokens(num_samples, self.pad_audio_to_30s)
+
+    def extract_features(self, samples: np.ndarray) -> np.ndarray:
+        """Log-mel features (mels, frames) of one 16 kHz clip at its own length (30 s when `pad_audio_to_30s`)."""
+        padding = "max_length" if self.pad_audio_to_30s else "longest"
+        features = self.feature_extractor(samples, sampling_rate=SAMPLING_RATE, padding=padding, return_tensors="np")
+        features = features["input_features"][0]
+        return features if self.pad_audio_to_30s else features[:, : samples.size // HOP_LENGTH]
+
+    def __call__(self, audio=None, text=None, sampling_rate: int = SAMPLING_RATE, return_tensors: str = "pt", **kwargs):
+        """
+        Args:
+            audio: one clip or a list of clips (numpy arrays / tensors, mono, at `sampling_rate`), each at most 30 s.
+            text: optional transcripts, one per clip; adds `labels` for training.
+        """
+        if audio is None:
+            raise ValueError("ASRProcessor needs `audio`")
+        clips = audio if isinstance(audio, (list, tuple)) else [audio]
+        if text is not None:
+            text = [text] if isinstance(text, str) else list(text)
+            if len(text) != len(clips):
+                raise ValueError(f"got {len(clips)} audio clips but {len(text)} transcripts")
+        features, ids, labels = [], [], []
+        for index, clip in enumerate(clips):
+            name = f"audio[{index}]"
+            samples = load_audio(clip, sampling_rate, name)
+            check_audio(samples, name, max_seconds=MAX_FEATURE_FRAMES * HOP_LENGTH / SAMPLING_RATE)
+            features.append(self.extract_features(samples))
+            prompt = self.prompt.replace(self.audio_token, self.audio_token * self.num_audio_tokens(samples.size))
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if text is None:
+                ids.append(prompt_ids)
+                continue
+            if not text[index] or not text[index].strip():
+                raise ValueError(f"transcript of sample {index} is empty")
+            target = self.tokenizer(text[index].strip(), add_special_tokens=False)["input_ids"]
+            target = [*target, self.end_of_turn_token_id]
+            ids.append(prompt_ids + target)
+            labels.append([IGNORE_INDEX] * len(prompt_ids) + target)
+        return BatchFeature(self._pad(features, ids, labels), tensor_type=return_tensors)
+
+    def _pad(self, features, ids, labels) -> dict:
+        """Left-pads token rows (for generation) and zero-pads feature frames on the right, masks kept apart."""
+        longest, frames = max(map(len, ids)), max(f.shape[-1] for f in features)
+        batch = {
+            "input_ids": [[self.tokenizer.pad_token_id] * (longest - len(row)) + row for row in ids],
+            "attention_mask": [[0] * (longest - len(row)) + [1] * len(row) for row in ids],
+            "input_features": np.stack([np.pad(f, ((0, 0), (0, frames - f.shape[-1]))) for f in features]),
+            "input_features_mask": np.stack([np.arange(frames) < f.shape[-1] for f in features]).astype(np.int64),
+        }
+        if labels:
+            batch["labels"] = [[IGNORE_INDEX] * (longest - len(row)) + row for row in labels]
+        return batch
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "input_features", "input_features_mask"]
+
+
+ASRProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["ASRProcessor", "InvalidAudioError", "check_audio", "load_audio"]

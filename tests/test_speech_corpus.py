@@ -1,0 +1,254 @@
+"""Tests for make_speech_corpus: espeak-ng synthesis, the fortune sentence source and corpus building."""
+
+import csv
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import make_speech_corpus as msc
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="apt-get install espeak-ng")
+needs_fortunes = pytest.mark.skipif(not msc.FORTUNE_DIR.is_dir(), reason="apt-get install fortunes")
+
+TINY = {"num_train": 20, "num_validation": 5, "num_test": 5, "seed": 3, "workers": 2}
+
+
+def tiny_args(out, **overrides):
+    """CLI arguments for a tiny corpus."""
+    opts = {**TINY, **overrides}
+    return [str(out)] + [f"--{key.replace('_', '-')}={value}" for key, value in opts.items()]
+
+
+def read_metadata(split_dir):
+    """Rows of a split's metadata.csv as dicts."""
+    with (split_dir / "metadata.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A tiny corpus built through the command-line entry point."""
+    out = tmp_path_factory.mktemp("corpus")
+    msc.main(tiny_args(out))
+    return out
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+@needs_espeak
+def test_synthesize_returns_speech_at_16k():
+    short = msc.synthesize("Hello there.")
+    long = msc.synthesize("Hello there, this sentence is quite a lot longer than the first one.")
+    for audio in (short, long):
+        assert audio.dtype == np.float32 and audio.ndim == 1
+        assert np.sqrt(np.mean(audio**2)) > 0.01
+        assert np.abs(audio).max() <= 1.0
+    assert 0.3 * msc.SAMPLE_RATE < len(short) < len(long)
+
+
+@needs_espeak
+def test_speed_and_voice_change_the_audio():
+    slow = msc.synthesize("One two three four five.", speed=130)
+    fast = msc.synthesize("One two three four five.", speed=200)
+    assert len(slow) > len(fast)
+    other = msc.synthesize("One two three four five.", voice="en-gb-x-rp", speed=130)
+    assert len(other) != len(slow) or not np.allclose(other, slow)
+
+
+@needs_espeak
+def test_every_voice_speaks_and_voices_differ():
+    msc.check_voices(msc.TRAIN_VOICES + msc.HELD_OUT_VOICES)
+    assert not set(msc.TRAIN_VOICES) & set(msc.HELD_OUT_VOICES)
+    assert len(msc.HELD_OUT_VOICES) >= 2
+
+
+@needs_espeak
+def test_unknown_voice_is_caught():
+    # espeak-ng falls back to its default voice for unknown names instead of failing
+    with pytest.raises(RuntimeError, match="no voice 'no-such-voice'"):
+        msc.check_voices(("en", "no-such-voice"))
+    with pytest.raises(RuntimeError, match="no voice 'en-us\\+nope'"):
+        msc.check_voices(("en-us+nope",))
+    with pytest.raises(RuntimeError, match="sound identical"):
+        msc.check_voices(("en", "en-gb"))
+
+
+def fake_espeak(directory, script):
+    """Put a fake espeak-ng running `script` into `directory`."""
+    path = directory / "espeak-ng"
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
+
+
+def test_espeak_failure_names_the_sentence(monkeypatch, tmp_path):
+    fake_espeak(tmp_path, "echo 'boom' >&2; exit 1")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    clip = msc.Clip("train", "000000.flac", "A doomed sentence.", "en-us", 160, 50)
+    with pytest.raises(RuntimeError, match="A doomed sentence.*boom"):
+        msc.render_clip(clip, tmp_path)
+
+
+def test_silent_espeak_output_is_an_error(monkeypatch, tmp_path):
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(2205, dtype=np.float32), 22050, subtype="PCM_16")
+    fake_espeak(tmp_path, f"exec /bin/cat {silence}")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="silence.*Quiet please"):
+        msc.synthesize("Quiet please.")
+
+
+def test_missing_espeak_gives_install_hint(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+        msc.synthesize("Hello.")
+    with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+        msc.build_corpus(tmp_path / "out", num_train=1, num_validation=1, num_test=1)
+
+
+def test_missing_espeak_via_which(monkeypatch):
+    monkeypatch.setattr(msc.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+        msc.espeak_binary()
+
+
+def test_add_noise_hits_the_snr():
+    rng = np.random.default_rng(0)
+    clean = (0.3 * np.sin(np.arange(32_000) / 5.0)).astype(np.float32)
+    noisy = msc.add_noise(clean, 10.0, rng)
+    noise = noisy - clean
+    snr = 10 * np.log10(np.mean(clean**2) / np.mean(noise**2))
+    assert noisy.dtype == np.float32 and abs(snr - 10.0) < 0.5
+
+
+# --------------------------------------------------------------------------- sentences
+
+
+@needs_fortunes
+def test_sentence_source_is_big_and_clean():
+    sentences = msc.load_sentences()
+    vocab = msc.vocabulary(sentences)
+    print(f"{len(sentences)} sentences, {len(vocab)} words")
+    assert len(sentences) >= 5000
+    assert len(vocab) >= 3000
+    assert len({s.lower() for s in sentences}) == len(sentences)
+    assert all(msc.is_clean(s) and s == " ".join(s.split()) for s in sentences)
+    assert all(4 <= len(s.split()) <= 16 for s in sentences)
+
+
+@pytest.mark.parametrize(
+    "sentence, clean",
+    [
+        ("A bug in the code is worth two in the documentation.", True),
+        ("Don't let that stop you; if you don't bet, you can't win.", True),
+        ("-- Mark Twain, on the weather.", False),
+        ("THIS IS A SHOUTED HEADLINE.", False),
+        ("See http://www.debian.org for details.", False),
+        ("Send mail to root@localhost right now.", False),
+        ("Too short.", False),
+        ("This one has no end punctuation at all", False),
+        ("Help me (please) with this thing.", False),
+        ("Wait for it... and there it is.", False),
+    ],
+)
+def test_is_clean(sentence, clean):
+    assert msc.is_clean(sentence) is clean
+
+
+def test_split_sentences_keeps_abbreviations_and_drops_quotes():
+    text = 'Mr. Smith went to Washington.  He said "Hello there!" to J. Edgar Hoover.'
+    assert msc.split_sentences(text) == [
+        "Mr. Smith went to Washington.",
+        "He said Hello there!",
+        "to J. Edgar Hoover.",
+    ]
+
+
+def test_attribution_and_all_caps_lines_are_dropped(tmp_path):
+    (tmp_path / "quotes").write_text(
+        "WISDOM OF THE AGES\nNever buy from a rich salesman.\n\t\t-- Goldberg\n%\nOne more short fortune here.\n"
+    )
+    (tmp_path / "quotes.dat").write_bytes(b"\x00\x01")
+    assert msc.load_sentences(tmp_path) == ["Never buy from a rich salesman.", "One more short fortune here."]
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@needs_espeak
+@needs_fortunes
+def test_corpus_layout_and_metadata(corpus):
+    manifest = json.loads((corpus / "corpus.json").read_text())
+    assert manifest["settings"]["counts"] == {"train": 20, "validation": 5, "test": 5}
+    for split, count in manifest["settings"]["counts"].items():
+        rows = read_metadata(corpus / split)
+        assert len(rows) == count
+        assert list(rows[0]) == list(msc.COLUMNS)
+        assert sorted(p.name for p in (corpus / split).iterdir()) == sorted(
+            [r["file_name"] for r in rows] + ["metadata.csv"]
+        )
+        for row in rows:
+            info = sf.info(corpus / split / row["file_name"])
+            assert (info.samplerate, info.channels) == (16_000, 1)
+            assert abs(info.duration - float(row["duration"])) < 1e-3
+            assert 130 <= int(row["speed"]) <= 200 and 30 <= int(row["pitch"]) <= 70
+            assert msc.is_clean(row["text"])
+
+
+@needs_espeak
+@needs_fortunes
+def test_test_split_is_unseen(corpus):
+    rows = {split: read_metadata(corpus / split) for split in msc.SPLITS}
+    texts = {split: {r["text"] for r in split_rows} for split, split_rows in rows.items()}
+    voices = {split: {r["voice"] for r in split_rows} for split, split_rows in rows.items()}
+    assert not texts["test"] & (texts["train"] | texts["validation"])
+    assert not texts["validation"] & texts["train"]
+    unseen_test_voices = voices["test"] - voices["train"]
+    assert len(unseen_test_voices) >= 2
+    assert unseen_test_voices <= set(msc.HELD_OUT_VOICES)
+    assert not (voices["train"] | voices["validation"]) & set(msc.HELD_OUT_VOICES)
+
+
+@needs_espeak
+@needs_fortunes
+def test_same_seed_same_metadata(corpus, tmp_path):
+    msc.main(tiny_args(tmp_path / "again", workers=1))
+    for split in msc.SPLITS:
+        assert (tmp_path / "again" / split / "metadata.csv").read_bytes() == (
+            corpus / split / "metadata.csv"
+        ).read_bytes()
+    plan_a = msc.plan_corpus(msc.load_sentences(), {"train": 20, "validation": 5, "test": 5}, seed=3)
+    plan_b = msc.plan_corpus(msc.load_sentences(), {"train": 20, "validation": 5, "test": 5}, seed=4)
+    assert plan_a != plan_b
+
+
+@needs_espeak
+@needs_fortunes
+def test_second_run_is_cached(corpus):
+    stamps = {p: p.stat().st_mtime_ns for p in corpus.rglob("*")}
+    start = time.perf_counter()
+    msc.main(tiny_args(corpus))
+    assert time.perf_counter() - start < 1.0
+    assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*")} == stamps
+
+
+@needs_espeak
+@needs_fortunes
+def test_incomplete_or_changed_corpus_is_rebuilt(tmp_path):
+    out = tmp_path / "corpus"
+    msc.build_corpus(out, num_train=4, num_validation=1, num_test=2, workers=1)
+    (out / "corpus.json").unlink()  # as if interrupted before finishing
+    (out / "train" / "stale.flac").write_bytes(b"")
+    msc.build_corpus(out, num_train=4, num_validation=1, num_test=2, workers=1)
+    assert not (out / "train" / "stale.flac").exists()
+    assert len(read_metadata(out / "train")) == 4
+
+    msc.build_corpus(out, num_train=3, num_validation=1, num_test=2, workers=1, noise_snr_db=20)
+    manifest = json.loads((out / "corpus.json").read_text())
+    assert manifest["settings"]["noise_snr_db"] == 20
+    assert len(read_metadata(out / "train")) == 3
+    assert len(list((out / "train").glob("*.flac"))) == 3
