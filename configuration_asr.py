@@ -31,9 +31,15 @@ def num_audio_tokens(num_samples: int, pad_audio_to_30s: bool = False) -> int:
     return int(feature_frames_to_audio_tokens(num_frames)) if num_frames > 0 else 0
 
 
+MIRROR_ENV = "TINY_AUDIO_MIRROR"
+
+
 def mirror_root() -> Path:
-    """Folder of local copies of base models, `<root>/<owner>/<name>/`, used when the Hub cannot be reached."""
-    return Path(os.environ.get("TINY_AUDIO_MIRROR", Path.home() / ".cache" / "tiny_audio" / "mirror"))
+    """Folder of local copies of base models, `<root>/<owner>/<name>/`, used when the Hub cannot be reached:
+    `$TINY_AUDIO_MIRROR`, else `~/.cache/tiny_audio/mirror`."""
+    if os.environ.get(MIRROR_ENV):
+        return Path(os.environ[MIRROR_ENV]).expanduser()
+    return Path.home() / ".cache" / "tiny_audio" / "mirror"
 
 
 def from_pretrained_or_mirror(loader, model_id: str, revision: str | None = None, **kwargs):
@@ -57,6 +63,7 @@ class ASRConfig(PreTrainedConfig):
         text_config (`dict` or `PreTrainedConfig`): the LLM config.
         audio_model_id / text_model_id (`str`): Hub ids the frozen parts are loaded from; `None` for random init.
         audio_model_revision / text_model_revision (`str`): pinned revisions of those ids, when known.
+        base_seed (`int`): seed of random base weights where an id is `None` (offline smoke models).
         projector_hidden_size (`int`): width of the projector's convolutions' output MLP (defaults to the LLM width).
         projector_init_scale (`float`): RMS of the projector output at initialisation (matched to the embeddings).
         audio_token (`str`): placeholder the processor expands to one token per audio frame.
@@ -112,6 +119,7 @@ class ASRConfig(PreTrainedConfig):
     audio_model_revision: str | None = None
     text_model_id: str | None = "HuggingFaceTB/SmolLM3-3B"
     text_model_revision: str | None = None
+    base_seed: int | None = None
     projector_hidden_size: int | None = None
     projector_init_scale: float | None = None
     audio_token: str = "<audio>"

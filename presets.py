@@ -70,6 +70,7 @@ PRESETS = {
                 "vocab_size": 512,
                 "max_position_embeddings": 2048,
                 "tie_word_embeddings": True,
+                "initializer_range": 0.3,  # logits that depend on the input, so a projector can steer them
                 "pad_token_id": 0,  # the ids of build_offline_tokenizer's special tokens
                 "bos_token_id": 1,
                 "eos_token_id": 2,
@@ -103,24 +104,20 @@ def build_offline_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 def build(preset: str = "tiny", seed: int = 0, **overrides) -> tuple[ASRModel, ASRProcessor]:
     """A fresh (untrained projector) model and its processor for a named preset."""
     spec = PRESETS[preset]
-    config_kwargs = {**spec.config, **overrides}
+    config = ASRConfig(**{**spec.config, **overrides})
     set_seed(seed)
     if spec.random_weights:
-        tokenizer = build_offline_tokenizer(config_kwargs["text_config"]["vocab_size"])
-        feature_extractor = WhisperFeatureExtractor(feature_size=config_kwargs["audio_config"]["num_mel_bins"])
-        config = ASRConfig(**config_kwargs)
-        processor = ASRProcessor.from_config(config, feature_extractor, tokenizer)
-        config.audio_token_id = processor.audio_token_id
-        model = ASRModel(config)
+        tokenizer = build_offline_tokenizer(config.text_config.vocab_size)
+        feature_extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins)
+        config.base_seed = seed
     else:
-        config = ASRConfig(**config_kwargs)
         feature_extractor = from_pretrained_or_mirror(
             WhisperFeatureExtractor, config.audio_model_id, config.audio_model_revision
         )
         tokenizer = from_pretrained_or_mirror(AutoTokenizer, config.text_model_id, config.text_model_revision)
-        processor = ASRProcessor.from_config(config, feature_extractor, tokenizer)
-        config.audio_token_id = processor.audio_token_id
-        model = ASRModel.from_base_models(config, dtype=torch.float32)
+    processor = ASRProcessor.from_config(config, feature_extractor, tokenizer)
+    config.audio_token_id = processor.audio_token_id
+    model = ASRModel.from_base_models(config, dtype=torch.float32)
     model.generation_config.eos_token_id = processor.end_of_turn_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.do_sample = False

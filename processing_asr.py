@@ -194,36 +194,39 @@ class ASRProcessor(ProcessorMixin):
             text = [text] if isinstance(text, str) else list(text)
             if len(text) != len(clips):
                 raise ValueError(f"got {len(clips)} audio clips but {len(text)} transcripts")
-        features, ids, labels = [], [], []
+        features, rows = [], []
         for index, clip in enumerate(clips):
             name = f"audio[{index}]"
             samples = load_audio(clip, sampling_rate, name)
             check_audio(samples, name, max_seconds=MAX_FEATURE_FRAMES * HOP_LENGTH / SAMPLING_RATE)
             features.append(self.extract_features(samples))
-            prompt = self.prompt.replace(self.audio_token, self.audio_token * self.num_audio_tokens(samples.size))
-            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if text is None:
-                ids.append(prompt_ids)
-                continue
-            if not text[index] or not text[index].strip():
-                raise ValueError(f"transcript of sample {index} is empty")
-            target = self.tokenizer(text[index].strip(), add_special_tokens=False)["input_ids"]
-            target = [*target, self.end_of_turn_token_id]
-            ids.append(prompt_ids + target)
-            labels.append([IGNORE_INDEX] * len(prompt_ids) + target)
-        return BatchFeature(self._pad(features, ids, labels), tensor_type=return_tensors)
+            rows.append(self.tokenize(samples.size, None if text is None else text[index], index))
+        batch = self.pad_tokens(rows)
+        frames = max(f.shape[-1] for f in features)
+        batch["input_features"] = np.stack([np.pad(f, ((0, 0), (0, frames - f.shape[-1]))) for f in features])
+        batch["input_features_mask"] = np.stack([np.arange(frames) < f.shape[-1] for f in features]).astype(np.int64)
+        return BatchFeature(batch, tensor_type=return_tensors)
 
-    def _pad(self, features, ids, labels) -> dict:
-        """Left-pads token rows (for generation) and zero-pads feature frames on the right, masks kept apart."""
-        longest, frames = max(map(len, ids)), max(f.shape[-1] for f in features)
+    def tokenize(self, num_samples: int, transcript: str | None = None, index: int = 0) -> dict:
+        """Prompt ids with one placeholder per audio token; with a transcript, also the training target and labels."""
+        prompt = self.prompt.replace(self.audio_token, self.audio_token * self.num_audio_tokens(num_samples))
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if transcript is None:
+            return {"input_ids": prompt_ids}
+        if not transcript.strip():
+            raise ValueError(f"transcript of sample {index} is empty")
+        target = [*self.tokenizer(transcript.strip(), add_special_tokens=False)["input_ids"], self.end_of_turn_token_id]
+        return {"input_ids": prompt_ids + target, "labels": [IGNORE_INDEX] * len(prompt_ids) + target}
+
+    def pad_tokens(self, rows: list[dict]) -> dict:
+        """Left-pads token rows (for generation); labels get -100 on the padding."""
+        longest = max(len(row["input_ids"]) for row in rows)
         batch = {
-            "input_ids": [[self.tokenizer.pad_token_id] * (longest - len(row)) + row for row in ids],
-            "attention_mask": [[0] * (longest - len(row)) + [1] * len(row) for row in ids],
-            "input_features": np.stack([np.pad(f, ((0, 0), (0, frames - f.shape[-1]))) for f in features]),
-            "input_features_mask": np.stack([np.arange(frames) < f.shape[-1] for f in features]).astype(np.int64),
+            "input_ids": [[self.tokenizer.pad_token_id] * (longest - len(r["input_ids"])) + r["input_ids"] for r in rows],
+            "attention_mask": [[0] * (longest - len(r["input_ids"])) + [1] * len(r["input_ids"]) for r in rows],
         }
-        if labels:
-            batch["labels"] = [[IGNORE_INDEX] * (longest - len(row)) + row for row in labels]
+        if "labels" in rows[0]:
+            batch["labels"] = [[IGNORE_INDEX] * (longest - len(r["labels"])) + r["labels"] for r in rows]
         return batch
 
     def batch_decode(self, *args, **kwargs):

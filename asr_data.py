@@ -1,0 +1,256 @@
+"""Training data: datasets from the Hub or a local folder, decoding with per-reason skip counts, batching, collation."""
+
+import logging
+import random
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Audio, Dataset, IterableDataset, interleave_datasets, load_dataset
+from tqdm.auto import tqdm
+
+from configuration_asr import SAMPLING_RATE
+from processing_asr import ASRProcessor, InvalidAudioError, check_audio, load_audio
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_TONES = "synthetic-tones"
+TONE_WORDS = "one two three four five six seven eight nine ten red green blue black white cat dog sun moon".split()
+
+
+class BadDataError(ValueError):
+    """Too much of a dataset is unusable for a run to mean anything."""
+
+
+@dataclass
+class SkipCounter:
+    """Counts examples seen and skipped per reason; refuses a dataset whose skipped fraction is too high."""
+
+    name: str
+    max_bad_fraction: float = 0.2
+    min_examples: int = 20
+    seen: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def record(self, reason: str | None) -> None:
+        self.seen += 1
+        if reason is not None:
+            self.skipped[reason] += 1
+            logger.warning(f"{self.name}: skipped an example ({reason}); skips so far: {dict(self.skipped)}")
+            if self.seen >= self.min_examples:
+                self.check()
+
+    def check(self) -> None:
+        bad = sum(self.skipped.values())
+        if self.seen and bad / self.seen > self.max_bad_fraction:
+            raise BadDataError(
+                f"{self.name}: {bad} of {self.seen} examples are unusable ({dict(self.skipped)}), more than "
+                f"--max_bad_fraction {self.max_bad_fraction}; fix the data or raise the limit"
+            )
+
+    def summary(self) -> dict:
+        return {"seen": self.seen, "kept": self.seen - sum(self.skipped.values()), "skipped": dict(self.skipped)}
+
+
+def tone_clip(words: list[str], seconds_per_word: float = 0.3) -> np.ndarray:
+    """A clip where each word is a two-tone chord of its own: a tiny offline 'language' for smoke runs."""
+    t = np.arange(int(seconds_per_word * SAMPLING_RATE)) / SAMPLING_RATE
+    pieces = []
+    for word in words:
+        index = TONE_WORDS.index(word)
+        chord = np.sin(2 * np.pi * (300 + 90 * index) * t) + np.sin(2 * np.pi * (1900 + 70 * index) * t)
+        pieces += [0.2 * chord * np.hanning(t.size), np.zeros(SAMPLING_RATE // 20)]
+    return np.concatenate(pieces).astype(np.float32)
+
+
+def synthetic_tones(split: str, num_examples: int = 64) -> Dataset:
+    """Clips of 2-6 tone-words with their transcripts; each split is seeded differently."""
+    rng = random.Random(zlib.crc32(split.encode()))
+    rows = []
+    for _ in range(num_examples):
+        words = rng.choices(TONE_WORDS, k=rng.randint(2, 6))
+        rows.append({"audio": {"array": tone_clip(words), "sampling_rate": SAMPLING_RATE}, "text": " ".join(words)})
+    return Dataset.from_list(rows)
+
+
+def local_folder(folder: Path, split: str, streaming: bool):
+    """An audiofolder-layout split: `folder/split/metadata.{csv,jsonl}` with a `file_name` column beside the audio."""
+    split_dir = folder / split if (folder / split).is_dir() else folder
+    for name, builder in (("metadata.csv", "csv"), ("metadata.jsonl", "json")):
+        if (split_dir / name).is_file():
+            dataset = load_dataset(builder, data_files=str(split_dir / name), split="train", streaming=streaming)
+            return dataset.map(lambda row: {"file_name": str(split_dir / row["file_name"])})
+    raise FileNotFoundError(f"no metadata.csv or metadata.jsonl in {split_dir}")
+
+
+def open_dataset(name: str, config: str | None, split: str, audio_column: str, text_column: str, streaming: bool):
+    """One dataset split with columns `audio` (anything `load_audio` reads) and `text`."""
+    if name == SYNTHETIC_TONES:
+        return synthetic_tones(split)
+    if Path(name).is_dir():
+        dataset = local_folder(Path(name), split, streaming)
+        audio_column = "file_name"
+    else:
+        dataset = load_dataset(name, config, split=split, streaming=streaming)
+        dataset = dataset.cast_column(audio_column, Audio(decode=False))  # decoded with soundfile, no torchcodec
+    dataset = dataset.select_columns([audio_column, text_column])
+    if audio_column != "audio":
+        dataset = dataset.rename_column(audio_column, "audio")
+    return dataset.rename_column(text_column, "text") if text_column != "text" else dataset
+
+
+def open_mixture(names: list[str], weights: list[float] | None, seed: int, **kwargs):
+    """Several datasets interleaved with sampling weights (all with the same column names)."""
+    datasets = [open_dataset(name, **kwargs) for name in names]
+    if len(datasets) == 1:
+        return datasets[0]
+    if weights is not None and len(weights) != len(names):
+        raise ValueError(f"--dataset_weights needs {len(names)} values, got {len(weights)}")
+    probabilities = [w / sum(weights) for w in weights] if weights else None
+    return interleave_datasets(datasets, probabilities, seed=seed, stopping_strategy="all_exhausted")
+
+
+def decode_example(example: dict, index: int, max_seconds: float) -> tuple[np.ndarray | None, str | None]:
+    """Decoded 16 kHz samples of an example, or None and the reason it is skipped."""
+    if not isinstance(example.get("text"), str) or not example["text"].strip():
+        return None, "empty_transcript"
+    try:
+        samples = load_audio(example["audio"], name=f"example {index}")
+    except InvalidAudioError as error:
+        logger.warning(str(error))
+        return None, "undecodable"
+    try:
+        check_audio(samples, f"example {index}")
+    except InvalidAudioError as error:
+        return None, "non_finite" if "NaN" in str(error) else "empty_audio"
+    if samples.size > max_seconds * SAMPLING_RATE:
+        return None, "too_long"
+    return samples, None
+
+
+def scan(dataset, counter: SkipCounter, max_seconds: float, max_samples: int | None = None) -> Dataset:
+    """Decodes a finite dataset once: keeps usable examples with their duration (`length`), counts the rest."""
+    kept = []
+    total = min(len(dataset), max_samples) if max_samples else len(dataset)
+    for index in tqdm(range(total), desc=f"checking {counter.name}"):
+        example = dataset[index]
+        samples, reason = decode_example(example, index, max_seconds)
+        counter.record(reason)
+        if samples is not None:
+            kept.append({"audio": example["audio"], "text": example["text"].strip(), "length": samples.size / SAMPLING_RATE})
+    counter.check()
+    logger.info(f"{counter.name}: {counter.summary()}")
+    if not kept:
+        raise BadDataError(f"{counter.name}: no usable examples ({counter.summary()})")
+    return Dataset.from_list(kept)
+
+
+class DecodedStream(torch.utils.data.IterableDataset):
+    """A streamed dataset decoded on the fly, grouped by duration in a bounded buffer so padding stays small."""
+
+    def __init__(self, dataset, counter: SkipCounter, max_seconds: float, batch_size: int, buffer_batches: int = 50):
+        self.dataset, self.counter, self.max_seconds = dataset, counter, max_seconds
+        self.batch_size, self.buffer_size = batch_size, batch_size * buffer_batches
+
+    def _flush(self, buffer: list[dict], rng: random.Random):
+        buffer.sort(key=lambda example: example["length"])
+        batches = [buffer[i : i + self.batch_size] for i in range(0, len(buffer), self.batch_size)]
+        rng.shuffle(batches)
+        for batch in batches:
+            yield from batch
+
+    def __iter__(self):
+        rng, buffer = random.Random(0), []
+        for index, example in enumerate(self.dataset):
+            samples, reason = decode_example(example, index, self.max_seconds)
+            self.counter.record(reason)
+            if samples is None:
+                continue
+            buffer.append({"audio": {"array": samples, "sampling_rate": SAMPLING_RATE}, "text": example["text"].strip(),
+                           "length": samples.size / SAMPLING_RATE})
+            if len(buffer) >= self.buffer_size:
+                yield from self._flush(buffer, rng)
+                buffer = []
+        yield from self._flush(buffer, rng)
+
+
+def spec_augment(features: torch.Tensor, lengths: torch.Tensor, rng: torch.Generator, time_masks=2, freq_masks=2):
+    """SpecAugment-style masking in place: up to 10% of each clip's frames and 15% of mel bins per mask."""
+    for row, length in enumerate(lengths.tolist()):
+        for _ in range(time_masks):
+            width = int(torch.randint(0, max(1, length // 10), (1,), generator=rng))
+            start = int(torch.randint(0, max(1, length - width), (1,), generator=rng))
+            features[row, :, start : start + width] = 0
+        for _ in range(freq_masks):
+            width = int(torch.randint(0, max(1, features.shape[1] * 15 // 100), (1,), generator=rng))
+            start = int(torch.randint(0, features.shape[1] - width, (1,), generator=rng))
+            features[row, start : start + width, :] = 0
+    return features
+
+
+@dataclass
+class ASRCollator:
+    """Examples -> model batch: features padded to the longest clip of the batch (never 30 s), labels on the
+    transcript only. Examples with a `cache_index` use that entry of `encoder_cache` instead of their audio."""
+
+    processor: ASRProcessor
+    encoder_cache: list | None = None
+    spec_augment: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        self.rng = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        if "cache_index" in examples[0]:
+            return self._cached_batch(examples)
+        batch = self.processor(audio=[e["audio"] for e in examples], text=[e["text"] for e in examples])
+        if self.spec_augment:
+            spec_augment(batch["input_features"], batch["input_features_mask"].sum(-1), self.rng)
+        return dict(batch)
+
+    def _cached_batch(self, examples: list[dict]) -> dict:
+        cached = [self.encoder_cache[e["cache_index"]] for e in examples]
+        rows = [self.processor.tokenize(c["num_samples"], e["text"], e["cache_index"]) for c, e in zip(cached, examples)]
+        batch = {key: torch.tensor(value) for key, value in self.processor.pad_tokens(rows).items()}
+        frames = max(c["hidden_states"].shape[0] for c in cached)
+        hidden = torch.stack([nn_pad(c["hidden_states"], frames) for c in cached]).float()
+        lengths = torch.tensor([c["hidden_states"].shape[0] for c in cached])
+        batch["mm_encoder_outputs"] = {"audio": (hidden, lengths)}
+        return batch
+
+
+def nn_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pads (frames, dim) to `length` frames."""
+    return torch.nn.functional.pad(tensor, (0, 0, 0, length - tensor.shape[0]))
+
+
+@torch.no_grad()
+def build_encoder_cache(model, processor: ASRProcessor, dataset: Dataset, batch_size: int = 16) -> list[dict]:
+    """Runs the frozen encoder once over a finite dataset; entry i holds example i's encoder output (fp16)."""
+    order = np.argsort(dataset["length"])
+    cache = [None] * len(dataset)
+    for start in tqdm(range(0, len(order), batch_size), desc="caching encoder outputs"):
+        indices = [int(i) for i in order[start : start + batch_size]]
+        clips = [load_audio(dataset[i]["audio"]) for i in indices]
+        batch = processor(audio=clips)
+        hidden, lengths = model.encode_audio(batch["input_features"], batch["input_features_mask"].sum(-1))
+        for row, index in enumerate(indices):
+            cache[index] = {"hidden_states": hidden[row, : lengths[row]].half(), "num_samples": clips[row].size}
+    return cache
+
+
+def length_grouped_batches(lengths: list[float], batch_size: int, seed: int, mega_batches: int = 50):
+    """Endless random batches of indices with similar lengths (shuffle, then sort within mega-batches)."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size * mega_batches):
+            group = sorted(order[start : start + batch_size * mega_batches], key=lengths.__getitem__)
+            batches = [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+            rng.shuffle(batches)
+            yield from batches

@@ -1,0 +1,279 @@
+"""Helpers shared by the benchmarks: reference-width builds, LoquaciousSet-like clips, timing, memory, results files.
+
+"Ours" is the project's design (features at their real length, 12.5 audio tokens/s, LM head only on labelled
+positions, batched generation). The "baseline" reproduces the common design it improves on, with the same weights:
+every clip padded to 30 s (750 audio tokens), full-vocabulary logits on every position, one clip at a time.
+"""
+
+import copy
+import ctypes
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from transformers import WhisperFeatureExtractor  # noqa: E402
+
+from configuration_asr import SAMPLING_RATE, ASRConfig  # noqa: E402
+from modeling_asr import ASRModel  # noqa: E402
+from presets import build_offline_tokenizer  # noqa: E402
+from processing_asr import IGNORE_INDEX, ASRProcessor  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# LoquaciousSet-like clip durations: lognormal with mean MEAN_SECONDS, clipped to [MIN_SECONDS, MAX_SECONDS].
+MEAN_SECONDS, SIGMA, MIN_SECONDS, MAX_SECONDS = 8.4, 0.6, 1.0, 30.0
+# Transcripts: 2.7 words/s at 1.3 tokens/word (an English BPE average), i.e. 3.51 tokens/s, as random token ids.
+WORDS_PER_SECOND, TOKENS_PER_WORD = 2.7, 1.3
+
+REFERENCE_ENCODER_LAYERS = ASRConfig.sub_configs_defaults["audio_config"].init_kwargs["encoder_layers"]  # 32
+REFERENCE_LLM_LAYERS = ASRConfig.sub_configs_defaults["text_config"].init_kwargs["num_hidden_layers"]  # 36
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def clip_durations(count: int, seed: int = 0) -> np.ndarray:
+    """Seconds per clip from a LoquaciousSet-like distribution (lognormal, mean 8.4 s, sigma 0.6, clipped to 1-30 s)."""
+    mu = np.log(MEAN_SECONDS) - SIGMA**2 / 2  # so that the unclipped mean is MEAN_SECONDS
+    return np.clip(np.random.default_rng(seed).lognormal(mu, SIGMA, count), MIN_SECONDS, MAX_SECONDS)
+
+
+def synthetic_clips(durations, seed: int = 0) -> list[np.ndarray]:
+    """Speech-like stand-in audio (a few tones plus noise, 16 kHz); timing does not depend on the content."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for seconds in durations:
+        t = np.arange(int(seconds * SAMPLING_RATE)) / SAMPLING_RATE
+        tones = sum(np.sin(2 * np.pi * rng.uniform(100, 3000) * t) for _ in range(3))
+        clips.append((0.1 * tones + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
+    return clips
+
+
+def transcript_ids(durations, seed: int = 0, low: int = 1000, high: int = 128_000) -> list[list[int]]:
+    """Random transcript token ids, round(seconds * 2.7 words/s * 1.3 tokens/word) per clip (at least one)."""
+    rng = np.random.default_rng(seed)
+    lengths = [max(1, round(s * WORDS_PER_SECOND * TOKENS_PER_WORD)) for s in durations]
+    return [rng.integers(low, high, n).tolist() for n in lengths]
+
+
+def with_targets(batch, targets: list[list[int]], end_id: int, pad_id: int) -> dict:
+    """Appends `targets` + end-of-turn to each (left-padded) prompt row and adds `labels`, as the processor does."""
+    rows, labels = [], []
+    for ids, mask, target in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), targets):
+        prompt = [token for token, keep in zip(ids, mask) if keep]
+        rows.append(prompt + target + [end_id])
+        labels.append([IGNORE_INDEX] * len(prompt) + target + [end_id])
+    longest = max(map(len, rows))
+    return {
+        "input_ids": torch.tensor([[pad_id] * (longest - len(r)) + r for r in rows]),
+        "attention_mask": torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in rows]),
+        "labels": torch.tensor([[IGNORE_INDEX] * (longest - len(r)) + r for r in labels]),
+        "input_features": batch["input_features"],
+        "input_features_mask": batch["input_features_mask"],
+    }
+
+
+def training_batch(processor: ASRProcessor, clips, targets, device) -> dict:
+    """Model inputs with labels for a list of clips and their transcript ids, on `device`."""
+    batch = with_targets(processor(audio=list(clips)), targets, processor.end_of_turn_token_id, processor.tokenizer.pad_token_id)
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def reference_config(encoder_layers: int = 2, llm_layers: int = 2) -> ASRConfig:
+    """The reference build's widths (whisper-large-v3-turbo encoder, SmolLM3-3B) at a chosen depth, random weights."""
+    audio = dict(ASRConfig.sub_configs_defaults["audio_config"].init_kwargs, encoder_layers=encoder_layers)
+    text = dict(ASRConfig.sub_configs_defaults["text_config"].init_kwargs, num_hidden_layers=llm_layers)
+    return ASRConfig(
+        audio_config={"model_type": "whisper", **audio},
+        text_config={"model_type": "smollm3", **text},
+        audio_model_id=None,
+        text_model_id=None,
+    )
+
+
+def baseline_processor(processor: ASRProcessor, config: ASRConfig) -> ASRProcessor:
+    """The same processor, but padding every clip to 30 s (3000 mel frames -> 750 audio tokens)."""
+    padded = copy.deepcopy(config)
+    padded.pad_audio_to_30s = True
+    return ASRProcessor.from_config(padded, processor.feature_extractor, processor.tokenizer)
+
+
+def build_reference(encoder_layers: int, llm_layers: int, device, dtype=torch.float32, seed: int = 0):
+    """(model, our processor, baseline processor) at the reference widths with random weights.
+
+    The frozen encoder and LLM are cast to `dtype`; the trained projector stays float32 (mixed precision via autocast).
+    The tokenizer is a small offline BPE (prompt ~20 tokens); transcripts are random ids over the 128k vocabulary.
+    """
+    config = reference_config(encoder_layers, llm_layers)
+    feature_extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins)
+    processor = ASRProcessor.from_config(config, feature_extractor, build_offline_tokenizer(512))
+    config.audio_token_id = processor.audio_token_id
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = ASRModel(config)
+    model.audio_encoder.to(dtype)
+    model.language_model.to(dtype)
+    model.generation_config.eos_token_id = processor.end_of_turn_token_id
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.do_sample = False
+    return model, processor, baseline_processor(processor, config)
+
+
+def full_logits_loss(model: ASRModel, batch: dict) -> torch.Tensor:
+    """Baseline loss: the LM head on every position (full-vocabulary logits), then cross-entropy on the labels.
+
+    This is what a generic `*ForCausalLM(labels=...)` does; the model's own `forward(labels=...)` computes the same
+    loss with the LM head on the labelled positions only. No KV cache is built (`use_cache=False`), as in training.
+    """
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs, use_cache=False).logits.float()
+    labels = batch["labels"][:, 1:]
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16/fp16 autocast when the frozen parts are in reduced precision, else nothing."""
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------- timing and memory
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function, device: torch.device):
+    """(result, wall seconds) of `function()`, with the device synchronised on both sides."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = function()
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    return _proc_status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process since start or since the last `reset_peak_rss()`."""
+    return _proc_status_kib("VmHWM") * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Returns freed heap to the OS (glibc malloc_trim) and resets the peak-RSS mark (Linux /proc/self/clear_refs)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict:
+    import transformers
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": device.type,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return info
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, result: dict) -> Path:
+    """Writes `results/<name>.json` and `results/<name>.md` (its tables); returns the JSON path.
+
+    `result` holds "title", "machine", "settings", "tables" ([{"title", "headers", "rows"}]) and "notes".
+    """
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS_DIR / f"{name}.md").write_text(render_result(result))
+    return path
+
+
+def render_result(result: dict) -> str:
+    """Markdown section of one results file: title, machine, tables, notes."""
+    machine = result.get("machine", {})
+    where = f"{machine.get('cpu', '?')}, {machine.get('cpu_cores', '?')} cores"
+    if machine.get("gpu"):
+        where = f"{machine['gpu']} ({machine.get('gpu_memory_gib', '?')} GiB); host CPU {where}"
+    parts = [f"### {result['title']}", "", f"Measured {machine.get('date', '?')} on {where}; "
+             f"torch {machine.get('torch', '?')}, transformers {machine.get('transformers', '?')}.", ""]
+    for table in result.get("tables", []):
+        if table.get("title"):
+            parts += [f"**{table['title']}**", ""]
+        parts += [markdown_table(table["headers"], table["rows"]), ""]
+    parts += [f"- {note}" for note in result.get("notes", [])]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """--dtype, defaulting to bfloat16 on CUDA and float32 on CPU."""
+    return getattr(torch, name) if name else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def gib(num_bytes: float) -> float:
+    return num_bytes / 2**30

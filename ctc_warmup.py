@@ -1,0 +1,110 @@
+"""Stage 0: warm-start the projector with CTC against the LLM's own frozen token embeddings.
+
+A projector trained from scratch into a frozen LLM sits on an "ignore the audio" plateau for a long time. Here each
+audio frame is pushed towards the embedding of the token spoken there: the classes are the LLM's input embeddings
+(cosine similarity times a learned scale, plus a learned blank), restricted to the tokens of the training transcripts.
+No LLM forward runs, so a step costs a small fraction of a normal one.
+"""
+
+import logging
+import math
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from asr_data import length_grouped_batches
+from processing_asr import load_audio
+
+logger = logging.getLogger(__name__)
+BLANK = 0
+
+
+class EmbeddingCTCHead(nn.Module):
+    """Logits over [blank] + a subset of the LLM's token embeddings, by scaled cosine similarity."""
+
+    def __init__(self, token_embeddings: torch.Tensor, init_scale: float = 10.0):
+        super().__init__()
+        self.register_buffer("classes", nn.functional.normalize(token_embeddings.float(), dim=-1))
+        self.blank = nn.Parameter(torch.randn(token_embeddings.shape[1]) * 0.02)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        classes = torch.cat([nn.functional.normalize(self.blank, dim=-1)[None], self.classes])
+        return self.log_scale.exp() * nn.functional.normalize(hidden_states.float(), dim=-1) @ classes.T
+
+
+class CTCWarmup:
+    """Trains `model.projector` alone with CTC on a finite dataset (cached encoder outputs when available)."""
+
+    def __init__(self, model, processor, dataset, encoder_cache=None, batch_size=16, learning_rate=1e-3, seed=0):
+        self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
+        targets = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in dataset["text"]]
+        self.vocab = sorted({token for row in targets for token in row})
+        to_class = {token: position + 1 for position, token in enumerate(self.vocab)}
+        self.targets = [torch.tensor([to_class[token] for token in row]) for row in targets]
+        embeddings = model.get_input_embeddings().weight[self.vocab].detach()
+        self.head = EmbeddingCTCHead(embeddings).to(model.projector.conv1.weight.device)
+        parameters = [*model.projector.parameters(), *self.head.parameters()]
+        self.optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+        self.batches = length_grouped_batches(list(dataset["length"]), batch_size, seed)
+        self.learning_rate = learning_rate
+
+    def _encoder_outputs(self, indices: list[int]):
+        if self.encoder_cache is not None:
+            cached = [self.encoder_cache[i]["hidden_states"] for i in indices]
+            lengths = torch.tensor([c.shape[0] for c in cached])
+            return nn.utils.rnn.pad_sequence(cached, batch_first=True).float(), lengths
+        batch = self.processor(audio=[load_audio(self.dataset[i]["audio"]) for i in indices])
+        with torch.no_grad():
+            return self.model.encode_audio(batch["input_features"], batch["input_features_mask"].sum(-1))
+
+    def step(self, indices: list[int]) -> float:
+        hidden, lengths = self._encoder_outputs(indices)
+        projected, lengths = self.model.projector(hidden, lengths)
+        log_probs = self.head(projected).log_softmax(-1).transpose(0, 1)
+        targets = [self.targets[i] for i in indices]
+        loss = nn.functional.ctc_loss(
+            log_probs,
+            torch.cat(targets),
+            lengths,
+            torch.tensor([len(t) for t in targets]),
+            blank=BLANK,
+            zero_infinity=True,
+        )
+        self.optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.projector.parameters(), 1.0)
+        self.optimizer.step()
+        return loss.item()
+
+    def train(self, steps: int, log_every: int = 50) -> list[dict]:
+        """Runs `steps` updates with a cosine-decayed learning rate; returns the logged losses."""
+        self.model.projector.train()
+        history, running = [], []
+        progress = tqdm(range(steps), desc="CTC warm-up")
+        for step in progress:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate * 0.5 * (1 + math.cos(math.pi * step / steps))
+            running.append(self.step(next(self.batches)))
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                entry = {"ctc_step": step + 1, "ctc_loss": sum(running) / len(running)}
+                history.append(entry)
+                progress.set_postfix(loss=f"{entry['ctc_loss']:.3f}")
+                logger.info(str(entry))
+                running = []
+        return history
+
+    @torch.no_grad()
+    def transcribe(self, clips: list) -> list[str]:
+        """Greedy CTC reading of clips (collapse repeats, drop blanks): how well the audio frames alone read."""
+        batch = self.processor(audio=clips)
+        hidden, lengths = self.model.encode_audio(batch["input_features"], batch["input_features_mask"].sum(-1))
+        projected, lengths = self.model.projector(hidden, lengths)
+        best = self.head(projected).argmax(-1)
+        texts = []
+        for row, length in zip(best, lengths):
+            classes = torch.unique_consecutive(row[:length]).tolist()
+            tokens = [self.vocab[c - 1] for c in classes if c != BLANK]
+            texts.append(self.processor.tokenizer.decode(tokens).strip())
+        return texts

@@ -1,0 +1,313 @@
+"""Train Tiny Audio with the Hugging Face Trainer.
+
+    python train_trainer.py --preset tiny-random --max_steps 40 --output_dir outputs/smoke      # offline smoke run
+    python train_trainer.py --preset tiny --output_dir outputs/demo                             # offline CPU demo
+    python train_trainer.py --preset a40 --output_dir outputs/a40                               # reference recipe
+
+`--preset NAME` sets defaults (model build, data and TrainingArguments); `--config FILE` (yaml or json) sets more;
+any command-line flag overrides both. Every `TrainingArguments` flag works.
+"""
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from asr_data import (
+    SYNTHETIC_TONES,
+    ASRCollator,
+    DecodedStream,
+    SkipCounter,
+    build_encoder_cache,
+    open_mixture,
+    scan,
+)
+from ctc_warmup import CTCWarmup
+from evaluate_asr import evaluate_model
+from modeling_asr import ASRModel
+from presets import build
+from processing_asr import ASRProcessor
+
+logger = logging.getLogger("train_trainer")
+
+COMMON_DEFAULTS = {
+    "report_to": "none",
+    "remove_unused_columns": False,  # the collator needs the raw `audio` and `text` columns
+    "train_sampling_strategy": "group_by_length",  # batches of similar duration: little padding
+    "length_column_name": "length",
+    "prediction_loss_only": True,
+    "save_safetensors": True,
+    "logging_first_step": True,
+}
+PRESETS = {
+    "tiny-random": {
+        "model_preset": "tiny-random",
+        "dataset_name": SYNTHETIC_TONES,
+        "eval_split_name": "validation",
+        "per_device_train_batch_size": 8,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "constant",
+        "max_steps": 40,
+        "logging_steps": 5,
+        "save_strategy": "no",
+        "max_wer_samples": 16,
+        "use_cpu": True,
+    },
+    "tiny": {
+        "model_preset": "tiny",
+        "dataset_name": "outputs/speech_corpus",
+        "eval_split_name": "validation",
+        "cache_encoder_outputs": True,
+        "ctc_warmup_steps": 1500,
+        "lora_rank": 16,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3,
+        "warmup_steps": 20,
+        "lr_scheduler_type": "cosine",
+        "max_steps": 300,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "max_eval_samples": 100,
+        "max_wer_samples": 100,
+        "use_cpu": True,
+    },
+    "a40": {
+        "model_preset": "reference",
+        "dataset_name": "speechbrain/LoquaciousSet",
+        "dataset_config_name": "medium",
+        "audio_column_name": "wav",
+        "text_column_name": "text",
+        "train_split_name": "train",
+        "eval_split_name": "dev",
+        "streaming": True,
+        "bf16": True,
+        "optim": "adamw_torch_fused",
+        "learning_rate": 1e-3,
+        "weight_decay": 0.0,
+        "warmup_steps": 1000,
+        "lr_scheduler_type": "cosine",
+        "per_device_train_batch_size": 32,
+        "gradient_accumulation_steps": 2,
+        "max_steps": 40000,
+        "eval_strategy": "steps",
+        "eval_steps": 2000,
+        "save_steps": 2000,
+        "save_total_limit": 3,
+        "logging_steps": 25,
+        "max_eval_samples": 500,
+        "max_wer_samples": 200,
+        "dataloader_num_workers": 4,
+    },
+}
+
+
+@dataclass
+class ModelArguments:
+    model_preset: str = field(default="tiny", metadata={"help": "model build: reference, tiny or tiny-random"})
+    init_from: str | None = field(default=None, metadata={"help": "start from the weights of an earlier checkpoint"})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA)"})
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "comma-separated module names"})
+    freeze_projector: bool = field(default=False, metadata={"help": "train only the LoRA adapters"})
+    ctc_warmup_steps: int = field(default=0, metadata={"help": "stage 0: projector-only CTC steps before the LLM loss"})
+    ctc_learning_rate: float = 1e-3
+    ctc_batch_size: int = 16
+    cache_encoder_outputs: bool = field(default=False, metadata={"help": "run the frozen encoder once per clip"})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str = field(default=SYNTHETIC_TONES, metadata={"help": "Hub id(s) or local folder(s), comma-separated"})
+    dataset_weights: str | None = field(default=None, metadata={"help": "comma-separated mixing weights"})
+    dataset_config_name: str | None = None
+    train_split_name: str = "train"
+    eval_split_name: str | None = "validation"
+    audio_column_name: str = "audio"
+    text_column_name: str = "text"
+    streaming: bool = field(default=False, metadata={"help": "stream the training data (for corpora too big to fetch)"})
+    max_duration_in_seconds: float = 30.0
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = 200
+    max_wer_samples: int = field(default=64, metadata={"help": "eval clips transcribed for eval_wer at each evaluation"})
+    max_bad_fraction: float = field(default=0.2, metadata={"help": "fail when more of the data than this is unusable"})
+    spec_augment: bool = False
+
+
+class ASRTrainer(Trainer):
+    """Trainer whose evaluation adds generation-based `eval_wer` to `eval_loss`."""
+
+    def __init__(self, *args, wer_examples=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.wer_examples = wer_examples
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix) if self.eval_dataset else {}
+        if self.wer_examples:
+            result = evaluate_model(self.model, self.processing_class, self.wer_examples, self.args.eval_batch_size)
+            wer = {f"{metric_key_prefix}_wer": result["wer"], f"{metric_key_prefix}_wer_samples": result["samples"]}
+            self.log(wer)
+            metrics.update(wer)
+        return metrics
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments, str | None]:
+    """Preset defaults < config file < command line."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    parser.add_argument("--config", default=None, help="yaml or json file of flag values")
+    known, _ = parser.parse_known_args(argv)
+    defaults = {**COMMON_DEFAULTS, **PRESETS.get(known.preset, {})}
+    if known.config:
+        defaults.update(yaml.safe_load(Path(known.config).read_text()))  # yaml is a superset of json
+    parser.set_defaults(**defaults)
+    model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(argv)
+    return model_args, data_args, training_args, extra.preset
+
+
+def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
+    """A new model for the preset, or the weights of `--init_from`; then LoRA and freezing as asked."""
+    targets = model_args.lora_target_modules.split(",")
+    if model_args.init_from:
+        model = ASRModel.from_pretrained(model_args.init_from)
+        processor = ASRProcessor.from_pretrained(model_args.init_from)
+        if model_args.lora_rank and model.config.lora_rank == 0:
+            model.add_lora_adapters(model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout, targets)
+    else:
+        model, processor = build(
+            model_args.model_preset,
+            lora_rank=model_args.lora_rank,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            lora_target_modules=targets,
+        )
+    if model_args.freeze_projector:
+        model.projector.requires_grad_(False)
+    return model, processor
+
+
+def load_split(data_args: DataArguments, split: str, seed: int, max_samples: int | None, streaming: bool):
+    counter = SkipCounter(f"{data_args.dataset_name}:{split}", data_args.max_bad_fraction)
+    dataset = open_mixture(
+        data_args.dataset_name.split(","),
+        [float(w) for w in data_args.dataset_weights.split(",")] if data_args.dataset_weights else None,
+        seed,
+        config=data_args.dataset_config_name,
+        split=split,
+        audio_column=data_args.audio_column_name,
+        text_column=data_args.text_column_name,
+        streaming=streaming,
+    )
+    if streaming:
+        return dataset.take(max_samples) if max_samples else dataset, counter
+    return scan(dataset, counter, data_args.max_duration_in_seconds, max_samples), counter
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, training_args, preset = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+
+    model, processor = build_model(model_args)
+    logger.info(f"trainable parameters: {trainable_parameters(model):,}")
+    train_data, train_counter = load_split(
+        data_args, data_args.train_split_name, training_args.seed, data_args.max_train_samples, data_args.streaming
+    )
+    eval_data = None
+    if data_args.eval_split_name:
+        eval_data, _ = load_split(data_args, data_args.eval_split_name, training_args.seed, data_args.max_eval_samples, False)
+
+    encoder_cache, stages = None, []
+    if data_args.streaming:
+        train_data = DecodedStream(
+            train_data, train_counter, data_args.max_duration_in_seconds, training_args.per_device_train_batch_size
+        )
+    elif model_args.cache_encoder_outputs:
+        if data_args.spec_augment:
+            raise ValueError("--spec_augment changes the features every epoch; it cannot be used with cached encoder outputs")
+        encoder_cache = build_encoder_cache(model, processor, train_data)
+        train_data = train_data.add_column("cache_index", list(range(len(train_data))))
+
+    if model_args.ctc_warmup_steps and not training_args.resume_from_checkpoint:
+        if data_args.streaming:
+            raise ValueError("--ctc_warmup_steps needs a finite training set (no --streaming)")
+        warmup = CTCWarmup(
+            model, processor, train_data, encoder_cache, model_args.ctc_batch_size, model_args.ctc_learning_rate,
+            training_args.seed,
+        )
+        history = warmup.train(model_args.ctc_warmup_steps)
+        stages.append({"stage": "ctc_warmup", "steps": model_args.ctc_warmup_steps, "final_loss": history[-1]["ctc_loss"]})
+
+    trainer = ASRTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=ASRCollator(processor, encoder_cache, data_args.spec_augment, training_args.seed),
+        processing_class=processor,
+        wer_examples=list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None,
+    )
+    metrics = {}
+    if training_args.do_train or not training_args.do_eval:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        stages.append({"stage": "llm", "steps": result.global_step, "lora_rank": model.config.lora_rank})
+        metrics.update(result.metrics)
+    if eval_data is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if trainer.is_world_process_zero():
+        write_run_record(training_args.output_dir, argv, preset, model, model_args, data_args, training_args,
+                         train_counter, eval_data, stages, metrics)
+    return metrics
+
+
+def write_run_record(output_dir, argv, preset, model, model_args, data_args, training_args, train_counter, eval_data,
+                     stages, metrics) -> None:
+    """`training_run.json`: the exact command and config, base models, data counts, stages and results."""
+    config = model.config
+    record = {
+        "preset": preset,
+        "command": " ".join(["python", "train_trainer.py", *argv]),
+        "base_models": {
+            "audio": {"id": config.audio_model_id, "revision": config.audio_model_revision},
+            "text": {"id": config.text_model_id, "revision": config.text_model_revision},
+        },
+        "trainable_parameters": trainable_parameters(model),
+        "stages": stages,
+        "data": {
+            "train": {"dataset": data_args.dataset_name, "config": data_args.dataset_config_name,
+                      "split": data_args.train_split_name, "samples": train_counter.summary()["kept"],
+                      **train_counter.summary()},
+            "eval": None if eval_data is None else {"dataset": data_args.dataset_name,
+                                                    "config": data_args.dataset_config_name,
+                                                    "split": data_args.eval_split_name, "samples": len(eval_data)},
+        },
+        "model_arguments": asdict(model_args),
+        "data_arguments": asdict(data_args),
+        "hyperparameters": {key: getattr(training_args, key) for key in (
+            "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+            "warmup_steps", "lr_scheduler_type", "weight_decay", "bf16", "seed")} | {"lora_rank": config.lora_rank},
+        "results": {key: value for key, value in metrics.items() if key.startswith("eval_")},
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    Path(output_dir, "training_run.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
