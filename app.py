@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 DEMO_MODEL = HERE / "outputs" / "demo"
 DEFAULT_CACHE = HERE / "outputs" / "app"
 DEFAULT_MAX_SECONDS = 300.0
-EXAMPLE_TEXT = "Hello! This is Tiny Audio, a small speech recognition model running in your browser."
+EXAMPLE_TEXT = "Hello! This is Tiny Audio, a small speech recognition model. Try it with your own voice."
 SEGMENT_HEADERS = ["start (s)", "end (s)", "text"]
 
 logger = logging.getLogger("tiny_audio.app")
@@ -52,8 +52,8 @@ def example_clip(cache_dir: Path) -> Path | None:
         sf.write(path, audio, SAMPLE_RATE)
         return path
     except (ImportError, RuntimeError, OSError) as error:
-        logger.warning("no synthetic example clip (%s)", error)
-    return next(iter(sorted((HERE / "data" / "speech" / "test").glob("*.flac"))), None)
+        logger.warning("no synthetic example clip (%s); looking for a test clip of the speech corpus", error)
+    return next(iter(sorted((HERE / "outputs" / "speech_corpus" / "test").glob("*.flac"))), None)
 
 
 def audio_seconds(path: str) -> float | None:
@@ -86,6 +86,7 @@ def load_pipeline(model: str):
 
 def make_transcriber(pipe, max_seconds: float):
     """The page's event handler: audio file path -> stream of (transcript, segments, status)."""
+    model_lock = threading.Lock()  # the queue runs one request at a time; this also covers a run a client left
 
     def run(audio_path):
         if not audio_path:
@@ -101,7 +102,8 @@ def make_transcriber(pipe, max_seconds: float):
 
         def work():
             try:
-                outcome["result"] = pipe(audio_path, return_timestamps=True, streamer=streamer)
+                with model_lock:
+                    outcome["result"] = pipe(audio_path, return_timestamps=True, streamer=streamer)
             except Exception as error:  # noqa: BLE001 - re-raised in the request below
                 outcome["error"] = error
             finally:
@@ -112,8 +114,9 @@ def make_transcriber(pipe, max_seconds: float):
         thread.start()
         text = ""
         for piece in streamer:
-            text += piece
-            yield text, [], status
+            if piece:
+                text += piece
+                yield text, [], status
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
@@ -134,6 +137,8 @@ def make_transcriber(pipe, max_seconds: float):
         except Exception as error:  # noqa: BLE001 - shown on the page; the server keeps running
             logger.exception("transcription failed")
             message = f"transcription failed ({type(error).__name__}: {error})"
+        if audio_path:  # name the upload as the user knows it, not by its temporary server path
+            message = message.replace(str(audio_path), Path(audio_path).name)
         yield "", [], f"Error: {message}"
         raise gr.Error(message, print_exception=False)
 
@@ -153,14 +158,15 @@ def build_demo(model_path: str | None, max_seconds: float = DEFAULT_MAX_SECONDS,
             pipe = load_pipeline(model_path)
         except Exception as error:  # noqa: BLE001 - shown on the page instead of a traceback
             logger.exception("could not load %s", model_path)
-            problem = f"Could not load the model `{model_path}`: {type(error).__name__}: {error}"
+            where = "" if Path(model_path).is_dir() else " (no such folder here, so it was looked up on the Hub)"
+            problem = f"Could not load the model `{model_path}`{where}: {type(error).__name__}: {error}"
 
     with gr.Blocks(title="Tiny Audio") as demo:
         gr.Markdown(
             "# Tiny Audio\nSpeech recognition with a small speech-LLM: Whisper encoder → projector → language model."
         )
         if pipe is None:
-            gr.Markdown(f"**⚠️ {problem}**", elem_id="model-error")
+            gr.Markdown(f"### ⚠️ No model loaded\n\n{problem}", elem_id="model-error")
             return demo
         gr.Markdown(f"Model: `{model_path}` · upload or record up to {max_seconds:g} s of audio.")
         transcribe = make_transcriber(pipe, max_seconds)
@@ -176,13 +182,12 @@ def build_demo(model_path: str | None, max_seconds: float = DEFAULT_MAX_SECONDS,
                     interactive=False, elem_id="segments",
                 )  # fmt: skip
         outputs = [transcript, segments, status]
-        button.click(transcribe, audio, outputs, api_name="transcribe")
+        # Both triggers share one concurrency group, so the model never runs twice at once.
+        button.click(transcribe, audio, outputs, api_name="transcribe", concurrency_id="model")
         clip = example_clip(Path(cache_dir or os.environ.get("ASR_APP_CACHE") or DEFAULT_CACHE))
         if clip is not None:
-            gr.Examples(
-                [[str(clip)]], inputs=audio, outputs=outputs, fn=transcribe, run_on_click=True,
-                cache_examples=False, example_labels=[f"Example: “{EXAMPLE_TEXT}”"],
-            )  # fmt: skip
+            examples = gr.Examples([[str(clip)]], inputs=audio, example_labels=["Example clip (click to transcribe)"])
+            examples.load_input_event.then(transcribe, audio, outputs, concurrency_id="model", api_visibility="private")
     demo.queue(default_concurrency_limit=1)  # one transcription at a time; other users wait in line
     return demo
 

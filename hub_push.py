@@ -61,10 +61,11 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"}
 CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # OWNER/NAME
 RESULT_MARKER = "HUB_PUSH_RESULT "
 PIP_NAMES = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow", "cv2": "opencv-python"}
 RETRY_STATUS = {429, 500, 502, 503, 504}
+NO_TOKEN = "no Hugging Face token found: run `hf auth login` or set HF_TOKEN to a token with write access"
 
 
 class HubPushError(Exception):
@@ -116,9 +117,23 @@ class CheckpointInfo:
 
 
 def _eval_metrics(data: dict | None) -> dict:
+    """The eval_* numbers of a results file, without timings (eval_runtime, eval_*_per_second)."""
     if not data:
         return {}
-    return {key: value for key, value in data.items() if key.startswith("eval_") and _is_number(value)}
+    return {
+        key: value
+        for key, value in data.items()
+        if key.startswith("eval_") and _is_number(value) and not key.endswith(("_runtime", "_per_second"))
+    }
+
+
+def _final_step(record: dict | None) -> int | None:
+    """The run's last optimizer step per the run record: its `llm` stage's steps, else `max_steps` when positive."""
+    for stage in (record or {}).get("stages") or []:
+        if isinstance(stage, dict) and stage.get("stage") == "llm" and isinstance(stage.get("steps"), int):
+            return stage["steps"]
+    max_steps = ((record or {}).get("hyperparameters") or {}).get("max_steps")
+    return max_steps if isinstance(max_steps, int) and max_steps > 0 else None
 
 
 def _results_attributable(parent: Path, step: int, run_record: dict | None) -> tuple[bool, str]:
@@ -131,9 +146,11 @@ def _results_attributable(parent: Path, step: int, run_record: dict | None) -> t
         if state.get("global_step") == step:
             return True, ""
         return False, f"the output dir's results are for step {state.get('global_step')}, not {step}"
-    max_steps = ((run_record or {}).get("hyperparameters") or {}).get("max_steps")
-    if max_steps == step:
+    final = _final_step(run_record)
+    if final == step:
         return True, ""
+    if final is not None:
+        return False, f"the output dir's results are for step {final}, not {step}"
     return False, f"nothing ties the output dir's results to step {step}"
 
 
@@ -162,8 +179,9 @@ def read_checkpoint(checkpoint_dir: str | Path) -> CheckpointInfo:
 
     state = _read_json(folder / TRAINER_STATE_NAME) or (_read_json(parent / TRAINER_STATE_NAME) if parent else None)
     if state is not None:
-        info.global_step = state.get("global_step") if step is None else step
-        info.max_steps = state.get("max_steps")
+        info.global_step, info.max_steps = state.get("global_step"), state.get("max_steps")
+    if step is not None:  # Trainer names checkpoints by their step
+        info.global_step = step
 
     def take(place: Path, prefix: str) -> bool:
         for name in RESULTS_NAMES:
@@ -282,7 +300,8 @@ def _check_safetensors(path: Path) -> dict[str, list[int]]:
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise HubPushError(f"{path} is not a readable safetensors file ({error})") from error
     if path.stat().st_size < 8 + header_size + end:
-        raise HubPushError(f"{path} is truncated: {path.stat().st_size} bytes, the header needs {8 + header_size + end}")
+        needed = 8 + header_size + end
+        raise HubPushError(f"{path} is truncated: {path.stat().st_size} bytes, its header needs {needed}")
     return {key: entry["shape"] for key, entry in header.items() if key != "__metadata__"}
 
 
@@ -326,12 +345,40 @@ def processor_files(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------- model card
 
 
-def _dataset_label(name: str) -> tuple[str, bool]:
-    """(what the card calls a dataset, whether it is a Hub dataset id); local paths are shown by folder name only."""
-    local = name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or Path(name).expanduser().is_dir()
+def _dataset_label(name: str, folder: Path | None = None) -> tuple[str, bool]:
+    """(what the card calls a dataset, whether it is a Hub dataset id).
+
+    A name that is a local folder (absolute, or relative to the working directory or to the checkpoint or any folder
+    above it) is shown by its last component only, so the card does not leak local paths.
+    """
+    path = Path(name).expanduser()
+    anchors = [Path.cwd()] + ([folder.resolve(), *folder.resolve().parents] if folder is not None else [])
+    local = (
+        name.startswith(("/", ".", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or any((anchor / path).is_dir() for anchor in anchors)
+    )
     if local or not HUB_ID_RE.match(name):
-        return Path(name).expanduser().name or name, False
+        return path.name or name, False
     return name, True
+
+
+def _dataset_names(part: dict) -> list[str]:
+    """The dataset names of a run record data entry (train_trainer joins a mixture with commas)."""
+    return [name.strip() for name in str(part.get("dataset") or "").split(",") if name.strip()]
+
+
+def _datasets_label(part: dict, folder: Path | None) -> str | None:
+    names = [_dataset_label(name, folder)[0] for name in _dataset_names(part)]
+    return " + ".join(names) if names else None
+
+
+def _describe_stage(stage) -> str:
+    if not isinstance(stage, dict):
+        return str(stage)
+    details = ", ".join(f"{key} {value}" for key, value in stage.items() if key != "stage" and value is not None)
+    return f"{stage.get('stage', 'stage')}" + (f" ({details})" if details else "")
 
 
 def _cell(value) -> str:
@@ -353,11 +400,9 @@ def render_model_card(
 ) -> str:
     """The README.md: YAML metadata and a description where every statement comes from the checkpoint's files."""
     config, record = info.config, info.run_record or {}
-    record_bases = record.get("base_models") or {}
-    audio_id = config.get("audio_model_id") or (record_bases.get("audio") or {}).get("id")
-    text_id = config.get("text_model_id") or (record_bases.get("text") or {}).get("id")
-    audio_revision = config.get("audio_model_revision") or (record_bases.get("audio") or {}).get("revision")
-    text_revision = config.get("text_model_revision") or (record_bases.get("text") or {}).get("revision")
+    # The config, not the run record, says which base models this model loads.
+    audio_id, text_id = config.get("audio_model_id"), config.get("text_model_id")
+    audio_revision, text_revision = config.get("audio_model_revision"), config.get("text_model_revision")
     audio_config, text_config = config.get("audio_config") or {}, config.get("text_config") or {}
     data = record.get("data") or {}
     train_data, eval_data = data.get("train") or {}, data.get("eval") or {}
@@ -375,8 +420,8 @@ def render_model_card(
         metadata["base_model"] = base_models
     hub_datasets = []
     for part in (train_data, eval_data):
-        if part.get("dataset"):
-            label, on_hub = _dataset_label(str(part["dataset"]))
+        for name in _dataset_names(part):
+            label, on_hub = _dataset_label(name, info.folder)
             if on_hub and label not in hub_datasets:
                 hub_datasets.append(label)
     if hub_datasets:
@@ -388,10 +433,14 @@ def render_model_card(
     metadata["tags"] = tags
 
     wer = info.results.get("eval_wer")
-    samples = info.results.get("eval_samples", eval_data.get("samples"))
-    eval_label = _dataset_label(str(eval_data["dataset"]))[0] if eval_data.get("dataset") else None
+    # eval_wer_samples: clips the WER was computed on (train_trainer may use fewer than for eval_loss)
+    samples = info.results.get("eval_wer_samples", info.results.get("eval_samples", eval_data.get("samples")))
+    eval_label = _datasets_label(eval_data, info.folder)
     if wer is not None and eval_label:
-        details = [f"{eval_data['split']} split" if eval_data.get("split") else "", f"{samples} samples" if samples else ""]
+        details = [
+            f"{eval_data['split']} split" if eval_data.get("split") else "",
+            f"{samples} samples" if samples else "",
+        ]
         details = [detail for detail in details if detail]
         dataset_name = eval_label + (f" ({', '.join(details)})" if details else "")
         dataset = {"name": dataset_name, "type": eval_label}
@@ -426,12 +475,18 @@ def render_model_card(
     lines += ["", "## Architecture", ""]
 
     def base_line(role: str, model_id, revision, sub_config: dict, keys: tuple[str, ...]) -> str:
-        described = f"`{model_id}`" if model_id else "randomly initialised"
+        if model_id:
+            described = f"`{model_id}`"
+        elif config.get("base_seed") is not None:
+            described = f"random weights from seed {config['base_seed']} (a smoke-test base, not a pretrained model)"
+        else:
+            described = "randomly initialised"
         if model_id and revision:
             described += f" (revision `{revision}`)"
         details = ", ".join(f"{key} {sub_config[key]}" for key in keys if key in sub_config)
         model_type = sub_config.get("model_type")
-        return f"- **{role}**: {described}" + (f" — {model_type}" if model_type else "") + (f", {details}" if details else "")
+        kind = f" — {model_type}" if model_type else ""
+        return f"- **{role}**: {described}{kind}" + (f", {details}" if details else "")
 
     lines.append(base_line("Audio encoder", audio_id, audio_revision, audio_config, ("d_model", "encoder_layers")))
     projector = "- **Projector**: trained"
@@ -439,7 +494,9 @@ def render_model_card(
         projector += f", hidden size {config['projector_hidden_size']}"
     lines.append(projector)
     lines.append(
-        base_line("Language model", text_id, text_revision, text_config, ("hidden_size", "num_hidden_layers", "vocab_size"))
+        base_line(
+            "Language model", text_id, text_revision, text_config, ("hidden_size", "num_hidden_layers", "vocab_size")
+        )
     )
     lora_rank = config.get("lora_rank")
     if lora_rank:
@@ -450,9 +507,14 @@ def render_model_card(
     if trainable_parameters is not None:
         lines.append(f"- **Trainable parameters**: {_format_count(trainable_parameters)}")
     if config.get("trained_weights_only"):
+        sources = []
+        if audio_id or text_id:
+            sources.append("downloaded from their Hub ids")
+        if not (audio_id and text_id) and config.get("base_seed") is not None:
+            sources.append(f"rebuilt from seed {config['base_seed']}")
         lines.append(
-            "- **Weights in this repo**: only the trained weights; the encoder and language model are downloaded from "
-            "their Hub ids when the model loads."
+            "- **Weights in this repo**: only the trained weights; the encoder and language model are "
+            + " or ".join(sources or ["rebuilt"]) + " when the model loads."
         )
     prompt = [f"system `{config['system_prompt']}`"] if config.get("system_prompt") else []
     if config.get("user_prompt"):
@@ -467,7 +529,7 @@ def render_model_card(
         if record.get("preset"):
             lines.append(f"- **Preset**: `{record['preset']}`")
         if record.get("stages"):
-            lines.append(f"- **Stages**: {', '.join(str(stage) for stage in record['stages'])}")
+            lines.append(f"- **Stages**: {'; '.join(_describe_stage(stage) for stage in record['stages'])}")
     if info.global_step is not None:
         progress = f"- **Optimizer steps**: {info.global_step}"
         if info.max_steps and info.max_steps != info.global_step:
@@ -477,11 +539,14 @@ def render_model_card(
         if not part:
             continue
         lines += ["", f"### {role}", "", "| dataset | config | split | samples |", "|---|---|---|---|"]
-        label = _dataset_label(str(part["dataset"]))[0] if part.get("dataset") else None
-        lines.append(f"| {_cell(label)} | {_cell(part.get('config'))} | {_cell(part.get('split'))} | {_cell(part.get('samples'))} |")
-        skipped = part.get("skipped") or {}
-        if skipped:
-            lines += ["", "Examples skipped while loading: " + ", ".join(f"{key} {value}" for key, value in skipped.items()) + "."]
+        label = _datasets_label(part, info.folder)
+        cells = [label, part.get("config"), part.get("split"), part.get("samples")]
+        lines.append("| " + " | ".join(_cell(value) for value in cells) + " |")
+        skipped = part.get("skipped")
+        if isinstance(skipped, dict) and (skipped or _is_number(part.get("seen"))):
+            counts = ", ".join(f"{key} {value}" for key, value in skipped.items()) or "none"
+            seen = f" of {part['seen']} seen" if _is_number(part.get("seen")) else ""
+            lines += ["", f"Examples skipped while loading{seen}: {counts}."]
     hyperparameters = record.get("hyperparameters") or {}
     if hyperparameters:
         lines += ["", "### Hyperparameters", "", "| name | value |", "|---|---|"]
@@ -489,10 +554,13 @@ def render_model_card(
 
     lines += ["", "## Results", ""]
     if info.results:
-        where = f" on {eval_label}" + (f" ({eval_data['split']} split)" if eval_data.get("split") else "") if eval_label else ""
-        lines.append(f"Measured{where} during training, from `{info.results_source}`:")
+        where = ""
+        if eval_label:
+            where = f" on {eval_label}" + (f" ({eval_data['split']} split)" if eval_data.get("split") else "")
+        lines.append(f"Measured{where} by the training run, from `{info.results_source}`:")
         lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |" for key, value in info.results.items()]
+        lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+                  for key, value in info.results.items()]
     else:
         lines.append("No evaluation results came with this checkpoint.")
 
@@ -515,19 +583,22 @@ def render_model_card(
     lines.append("- Loading runs the Python code in this repo (`trust_remote_code=True`); review it before use.")
     if info.results and eval_label:
         lines.append(
-            f"- Results were measured on {eval_label} only" + (f" ({samples} samples)" if samples else "")
+            f"- {'WER was' if wer is not None else 'Results were'} measured on {eval_label} only"
+            + (f" ({samples} samples)" if samples else "")
             + "; accuracy on other speakers, domains, accents, noise or languages has not been measured here."
         )
     else:
         lines.append("- No evaluation on a named dataset came with this checkpoint; its accuracy is unmeasured here.")
     if train_data.get("dataset"):
         lines.append(
-            f"- Trained on {_dataset_label(str(train_data['dataset']))[0]}"
+            f"- Trained on {_datasets_label(train_data, info.folder)}"
             + (f" ({train_data['samples']} samples)" if train_data.get("samples") else "")
             + "; expect errors on speech unlike it."
         )
-    if config.get("trained_weights_only"):
+    if config.get("trained_weights_only") and (audio_id or text_id):
         lines.append("- Loading needs the base models from the Hub (network access or a local Hugging Face cache).")
+    if not (audio_id and text_id):
+        lines.append("- A base model here is random, not pretrained: this model is for testing the code path only.")
     lines.append("")
     return "\n".join(lines)
 
@@ -555,7 +626,10 @@ class Assembly:
         if trainable_parameters is not None:
             self.trainable_parameters = trainable_parameters
         card = render_model_card(
-            self.info, trainable_parameters=self.trainable_parameters, requirements=self.requirements, **self.card_options
+            self.info,
+            trainable_parameters=self.trainable_parameters,
+            requirements=self.requirements,
+            **self.card_options,
         )
         (self.export_dir / CARD_NAME).write_text(card, encoding="utf-8")
         return card
@@ -664,8 +738,22 @@ print("HUB_PUSH_RESULT " + json.dumps({"text": output["text"], "trainable_parame
 """
 
 
-def _stderr_tail(stderr: str, lines: int = 12) -> str:
-    kept = [line for line in stderr.splitlines() if line.strip() and "it/s]" not in line and "s/it]" not in line]
+ANSI_ESCAPE_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _stderr_tail(stderr: str, lines: int = 15) -> str:
+    """The last lines of a process's stderr without traceback frames or progress bars: what was logged, then the
+    exception itself as the last line."""
+    kept, in_traceback = [], False
+    for line in ANSI_ESCAPE_RE.sub("", stderr).splitlines():
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+            continue
+        if in_traceback and (line.startswith((" ", "\t")) or not line.strip()):
+            continue
+        in_traceback = False
+        if line.strip() and "it/s]" not in line and "s/it]" not in line:
+            kept.append(line.rstrip())
     return "\n".join(kept[-lines:])
 
 
@@ -673,13 +761,15 @@ def verify(export_dir: str | Path, *, timeout: float = 1800) -> dict:
     """Loads `export_dir` with `pipeline(..., trust_remote_code=True)` in a fresh process and transcribes a clip.
 
     The process runs in an empty temporary directory with PYTHONPATH removed, a private transformers module cache,
-    and the folder's own module names blocked from any other import path. HF_HUB_OFFLINE and the other settings of
+    and the folder's module names and this project's modules blocked as top-level imports (an editable install
+    would otherwise make them importable), so the folder's code must work from the folder alone. HF_HUB_OFFLINE and the other settings of
     the caller's environment carry over. Returns {"text", "trainable_parameters", "model_class", "pipeline_class"};
     raises `VerificationError` with the last lines of the process's stderr.
     """
     folder = Path(export_dir).resolve()
     config = _read_json(folder / CONFIG_NAME) or {}
-    modules = sorted(path.stem for path in folder.glob("*.py"))
+    # The folder's code and every top-level module of this project (importable anyway once `pip install -e .`)
+    modules = sorted({path.stem for path in [*folder.glob("*.py"), *Path(__file__).resolve().parent.glob("*.py")]})
     impl = ((config.get("custom_pipelines") or {}).get("automatic-speech-recognition") or {}).get("impl", "")
     expected_pipeline = impl.rsplit(".", 1)[-1] if impl and "--" not in impl else ""
     with tempfile.TemporaryDirectory(prefix="hub_push_verify_") as workdir:
@@ -701,8 +791,8 @@ def verify(export_dir: str | Path, *, timeout: float = 1800) -> dict:
     if process.returncode != 0 or not results:
         tail = _stderr_tail(process.stderr) or f"exit status {process.returncode}, no output"
         raise VerificationError(
-            f"verification failed: {folder} does not load and transcribe with pipeline(trust_remote_code=True) in a "
-            f"fresh process:\n{tail}"
+            f"verification failed: {tail.splitlines()[-1]}\n{folder} does not load and transcribe with "
+            f"pipeline(trust_remote_code=True) in a fresh process; its stderr ends with:\n{tail}"
         )
     return json.loads(results[-1][len(RESULT_MARKER) :])
 
@@ -834,8 +924,14 @@ def _explain(error: BaseException, repo_id: str, attempts: int) -> str:
     return f"upload to {repo_id} failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
 
 
-def with_retries(call: Callable, *, attempts: int = 4, base_delay: float = 2.0, sleep: Callable[[float], None] = time.sleep,
-                 describe: str = "request"):
+def with_retries(
+    call: Callable,
+    *,
+    attempts: int = 4,
+    base_delay: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    describe: str = "request",
+):
     """`call()`, retried with exponential backoff (base_delay, 2x, 4x ...) on connection errors, 5xx and 429."""
     for attempt in range(1, attempts + 1):
         try:
@@ -874,7 +970,7 @@ def upload(
     repo_id = parse_repo_id(repo_id)
     token = token or huggingface_hub.get_token()
     if not token:
-        raise HubPushError("no Hugging Face token found: run `hf auth login` or set HF_TOKEN to a token with write access")
+        raise HubPushError(NO_TOKEN)
     api = huggingface_hub.HfApi(token=token)
     retry = {"attempts": attempts, "base_delay": base_delay, "sleep": sleep}
     try:
@@ -936,7 +1032,7 @@ def push_to_hub(
     if dry_run and export_dir is None:
         raise HubPushError("--dry-run needs --export-dir DIR to leave the assembled folder in")
     if not dry_run and not (token or huggingface_hub.get_token()):  # fail before the minutes of verification
-        raise HubPushError("no Hugging Face token found: run `hf auth login` or set HF_TOKEN to a token with write access")
+        raise HubPushError(NO_TOKEN)
     with tempfile.TemporaryDirectory(prefix="hub_push_") as scratch:
         target = Path(export_dir) if export_dir is not None else Path(scratch) / repo_id.split("/")[-1]
         assembly = prepare(checkpoint_dir, target, repo_id=repo_id, license=license, language=language, timeout=timeout)
@@ -964,7 +1060,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint_dir", type=Path, help="final model folder or a Trainer checkpoint-N folder")
     parser.add_argument("--repo-id", required=True, help="model repo OWNER/NAME")
-    parser.add_argument("--private", action="store_true", help="create the repo as private (an existing repo keeps its visibility)")
+    parser.add_argument(
+        "--private", action="store_true", help="create the repo as private (an existing repo keeps its visibility)"
+    )
     parser.add_argument("--revision", help="branch to commit to (created when missing)")
     parser.add_argument("--commit-message", help="commit message")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing directly")
@@ -995,6 +1093,9 @@ def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time
         )
     except HubPushError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. an unreadable checkpoint file or a full disk while assembling
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     for note in assembly.notes:
         print(f"note: {note}", file=sys.stderr)

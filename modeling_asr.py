@@ -107,9 +107,9 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         self.language_model.requires_grad_(False)
         if config.lora_rank > 0:
             self._inject_lora()
+        self.post_init()
         if not self.projector.norm.weight.is_meta:
             self.match_projector_scale()
-        self.post_init()
 
     @classmethod
     def from_base_models(cls, config: ASRConfig, dtype: torch.dtype | str | None = None) -> "ASRModel":

@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from asr_data import (
     SYNTHETIC_TONES,
@@ -116,10 +117,15 @@ class ModelArguments:
     lora_dropout: float = 0.0
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "comma-separated module names"})
     freeze_projector: bool = field(default=False, metadata={"help": "train only the LoRA adapters"})
+
+
+@dataclass
+class RecipeArguments:
     ctc_warmup_steps: int = field(default=0, metadata={"help": "stage 0: projector-only CTC steps before the LLM loss"})
     ctc_learning_rate: float = 1e-3
     ctc_batch_size: int = 16
     cache_encoder_outputs: bool = field(default=False, metadata={"help": "run the frozen encoder once per clip"})
+    max_train_minutes: float | None = field(default=None, metadata={"help": "stop the LLM stage after this long"})
 
 
 @dataclass
@@ -140,6 +146,19 @@ class DataArguments:
     spec_augment: bool = False
 
 
+class TimeBudget(TrainerCallback):
+    """Stops training (then saves and evaluates as usual) once a wall-clock budget is spent."""
+
+    def __init__(self, minutes: float):
+        self.deadline = time.monotonic() + 60 * minutes
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() > self.deadline:
+            logger.info(f"time budget spent after {state.global_step} steps; stopping")
+            control.should_training_stop = True
+        return control
+
+
 class ASRTrainer(Trainer):
     """Trainer whose evaluation adds generation-based `eval_wer` to `eval_loss`."""
 
@@ -157,9 +176,9 @@ class ASRTrainer(Trainer):
         return metrics
 
 
-def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments, str | None]:
-    """Preset defaults < config file < command line."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+def parse_args(argv: list[str]):
+    """(model, recipe, data, training arguments, preset name): preset defaults < config file < command line."""
+    parser = HfArgumentParser((ModelArguments, RecipeArguments, DataArguments, TrainingArguments))
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
     parser.add_argument("--config", default=None, help="yaml or json file of flag values")
     known, _ = parser.parse_known_args(argv)
@@ -167,8 +186,8 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
     if known.config:
         defaults.update(yaml.safe_load(Path(known.config).read_text()))  # yaml is a superset of json
     parser.set_defaults(**defaults)
-    model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(argv)
-    return model_args, data_args, training_args, extra.preset
+    *arguments, extra = parser.parse_args_into_dataclasses(argv)
+    return (*arguments, extra.preset)
 
 
 def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
@@ -215,7 +234,7 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    model_args, data_args, training_args, preset = parse_args(argv)
+    model_args, recipe, data_args, training_args, preset = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
 
@@ -233,21 +252,20 @@ def main(argv: list[str] | None = None) -> dict:
         train_data = DecodedStream(
             train_data, train_counter, data_args.max_duration_in_seconds, training_args.per_device_train_batch_size
         )
-    elif model_args.cache_encoder_outputs:
+    elif recipe.cache_encoder_outputs:
         if data_args.spec_augment:
             raise ValueError("--spec_augment changes the features every epoch; it cannot be used with cached encoder outputs")
         encoder_cache = build_encoder_cache(model, processor, train_data)
         train_data = train_data.add_column("cache_index", list(range(len(train_data))))
 
-    if model_args.ctc_warmup_steps and not training_args.resume_from_checkpoint:
+    if recipe.ctc_warmup_steps and not training_args.resume_from_checkpoint:
         if data_args.streaming:
             raise ValueError("--ctc_warmup_steps needs a finite training set (no --streaming)")
         warmup = CTCWarmup(
-            model, processor, train_data, encoder_cache, model_args.ctc_batch_size, model_args.ctc_learning_rate,
-            training_args.seed,
+            model, processor, train_data, encoder_cache, recipe.ctc_batch_size, recipe.ctc_learning_rate, training_args.seed
         )
-        history = warmup.train(model_args.ctc_warmup_steps)
-        stages.append({"stage": "ctc_warmup", "steps": model_args.ctc_warmup_steps, "final_loss": history[-1]["ctc_loss"]})
+        history = warmup.train(recipe.ctc_warmup_steps)
+        stages.append({"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": history})
 
     trainer = ASRTrainer(
         model=model,
@@ -257,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=ASRCollator(processor, encoder_cache, data_args.spec_augment, training_args.seed),
         processing_class=processor,
         wer_examples=list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None,
+        callbacks=[TimeBudget(recipe.max_train_minutes)] if recipe.max_train_minutes else None,
     )
     metrics = {}
     if training_args.do_train or not training_args.do_eval:
@@ -272,15 +291,15 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     if trainer.is_world_process_zero():
-        write_run_record(training_args.output_dir, argv, preset, model, model_args, data_args, training_args,
+        write_run_record(training_args.output_dir, argv, preset, model, (model_args, recipe, data_args), training_args,
                          train_counter, eval_data, stages, metrics)
     return metrics
 
 
-def write_run_record(output_dir, argv, preset, model, model_args, data_args, training_args, train_counter, eval_data,
-                     stages, metrics) -> None:
+def write_run_record(output_dir, argv, preset, model, arguments, training_args, train_counter, eval_data, stages,
+                     metrics) -> None:
     """`training_run.json`: the exact command and config, base models, data counts, stages and results."""
-    config = model.config
+    config, data_args = model.config, arguments[-1]
     record = {
         "preset": preset,
         "command": " ".join(["python", "train_trainer.py", *argv]),
@@ -298,8 +317,7 @@ def write_run_record(output_dir, argv, preset, model, model_args, data_args, tra
                                                     "config": data_args.dataset_config_name,
                                                     "split": data_args.eval_split_name, "samples": len(eval_data)},
         },
-        "model_arguments": asdict(model_args),
-        "data_arguments": asdict(data_args),
+        "arguments": {type(group).__name__: asdict(group) for group in arguments},
         "hyperparameters": {key: getattr(training_args, key) for key in (
             "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
             "warmup_steps", "lr_scheduler_type", "weight_decay", "bf16", "seed")} | {"lora_rank": config.lora_rank},

@@ -135,15 +135,37 @@ def build_reference(encoder_layers: int, llm_layers: int, device, dtype=torch.fl
     return model, processor, baseline_processor(processor, config)
 
 
-def full_logits_loss(model: ASRModel, batch: dict) -> torch.Tensor:
+def baseline_inputs(model: ASRModel, batch: dict, audio_repeat: int = 1) -> dict:
+    """Baseline model inputs from a 30 s-padded batch (375 audio tokens per clip with this projector).
+
+    `audio_repeat=2` feeds each projected audio embedding twice, so the LLM sees 750 audio positions per clip: the
+    sequence length, and so the LLM and LM-head cost, of the common design (1,500 encoder frames pooled 2x -> 750
+    tokens), with the same weights. Returns `inputs_embeds` (or `input_ids` and features when `audio_repeat=1`).
+    """
+    if audio_repeat == 1:
+        return dict(batch)
+    ids = batch["input_ids"]
+    embeds = model.embed_prompt(ids, batch["input_features"], batch["input_features_mask"])
+    repeats = torch.where(ids == model.config.audio_token_id, audio_repeat, 1)
+
+    def stretch(rows):  # every row holds the same number of audio tokens, so the stretched rows stay aligned
+        return torch.stack([row.repeat_interleave(count, dim=0) for row, count in zip(rows, repeats)])
+
+    inputs = {"inputs_embeds": stretch(embeds), "attention_mask": stretch(batch["attention_mask"])}
+    if "labels" in batch:
+        inputs["labels"] = stretch(batch["labels"])
+    return inputs
+
+
+def full_logits_loss(model: ASRModel, batch: dict, audio_repeat: int = 1) -> torch.Tensor:
     """Baseline loss: the LM head on every position (full-vocabulary logits), then cross-entropy on the labels.
 
     This is what a generic `*ForCausalLM(labels=...)` does; the model's own `forward(labels=...)` computes the same
     loss with the LM head on the labelled positions only. No KV cache is built (`use_cache=False`), as in training.
     """
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs = baseline_inputs(model, batch, audio_repeat)
+    labels = inputs.pop("labels")[:, 1:]
     logits = model(**inputs, use_cache=False).logits.float()
-    labels = batch["labels"][:, 1:]
     return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 

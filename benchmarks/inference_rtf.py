@@ -1,0 +1,157 @@
+"""Inference speed as RTFx (audio seconds per wall second) of processor + `model.generate`, ours vs the baseline.
+
+Ours runs clips at their real length, at batch 1 and batch 8 (clips in arrival order, not sorted by length); the
+baseline pads every clip to 30 s and runs one clip at a time. Every clip decodes exactly `--new-tokens` tokens
+(`min_new_tokens = max_new_tokens`), so a random model's early or late end-of-turn does not distort the timing.
+
+(a) the reference build's widths at reduced depth with random weights; (b) the `tiny` preset with its real base
+weights when they can be loaded (skipped with a message otherwise).
+
+    python benchmarks/inference_rtf.py                 # CPU, 2 + 2 layers, 16 clips
+    python benchmarks/inference_rtf.py --device cuda
+"""
+
+import argparse
+import sys
+
+import torch
+
+from common import (
+    REFERENCE_ENCODER_LAYERS,
+    REFERENCE_LLM_LAYERS,
+    baseline_inputs,
+    baseline_processor,
+    build_reference,
+    clip_durations,
+    machine_info,
+    resolve_device,
+    resolve_dtype,
+    synthetic_clips,
+    timed,
+    write_results,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="frozen parts (default: bf16 on cuda)")
+    parser.add_argument("--encoder-layers", type=int, default=2)
+    parser.add_argument("--llm-layers", type=int, default=2)
+    parser.add_argument("--full-depth", action="store_true", help="the reference depth: 32 encoder, 36 LLM layers")
+    parser.add_argument("--clips", type=int, help="clips per variant (default 16 on cpu, 64 on cuda)")
+    parser.add_argument("--batch-size", type=int, default=8, help="the batched run's batch size")
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--baseline-audio-tokens", type=int, choices=[375, 750], default=750,
+                        help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s")
+    parser.add_argument("--skip-tiny", action="store_true", help="skip (b), the tiny preset with real weights")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.full_depth:
+        args.encoder_layers, args.llm_layers = REFERENCE_ENCODER_LAYERS, REFERENCE_LLM_LAYERS
+    args.clips = args.clips or (64 if args.device == "cuda" else 16)
+    return args
+
+
+def transcribe(model, processor, clips, batch_size: int, new_tokens: int, audio_repeat: int, device) -> None:
+    """The pipeline's work for `clips`: features and prompt, then greedy decoding of `new_tokens` per clip."""
+    for start in range(0, len(clips), batch_size):
+        inputs = processor(audio=clips[start : start + batch_size]).to(device)
+        inputs = baseline_inputs(model, inputs, audio_repeat)
+        prompt_length = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
+        generated = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        assert generated.shape[1] - prompt_length == new_tokens, generated.shape
+
+
+def measure(build_name, model, processor, args, device) -> list[dict]:
+    """Times ours at batch 1 and batch N and the baseline at batch 1 on the same clips, interleaved in one process."""
+    model.eval()
+    durations = clip_durations(args.clips, args.seed)
+    clips = synthetic_clips(durations, args.seed)
+    padded = baseline_processor(processor, model.config)
+    variants = [
+        ("ours", 1, processor, 1),
+        ("ours", args.batch_size, processor, 1),
+        (f"baseline ({args.baseline_audio_tokens} audio tokens)", 1, padded, args.baseline_audio_tokens // 375),
+    ]
+    seconds = [0.0] * len(variants)
+    with torch.inference_mode():
+        for name, batch_size, variant_processor, repeat in variants:  # warm-up on two clips
+            transcribe(model, variant_processor, clips[:2], min(batch_size, 2), args.new_tokens, repeat, device)
+        # Interleave by groups of `batch_size` clips so background load hits every variant alike.
+        for start in range(0, len(clips), args.batch_size):
+            group = clips[start : start + args.batch_size]
+            for index, (name, batch_size, variant_processor, repeat) in enumerate(variants):
+                _, elapsed = timed(
+                    lambda: transcribe(model, variant_processor, group, batch_size, args.new_tokens, repeat, device),
+                    device,
+                )
+                seconds[index] += elapsed
+    audio = float(durations.sum())
+    rows = []
+    for (name, batch_size, _, _), wall in zip(variants, seconds):
+        rows.append({"build": build_name, "variant": name, "batch_size": batch_size, "audio_seconds": audio,
+                     "wall_seconds": wall, "rtfx": audio / wall})
+        print(f"{build_name}: {name} batch {batch_size}: RTFx {audio / wall:.2f} ({audio:.0f} s audio in {wall:.1f} s)")
+    return rows
+
+
+def load_tiny(device, dtype):
+    """The `tiny` preset with real weights, or None (with the reason printed) when they cannot be loaded."""
+    try:
+        from presets import build
+
+        model, processor = build("tiny")
+    except Exception as error:  # no Hub access and no offline mirror: skip, don't fail the benchmark
+        print(f"skipping the tiny preset: cannot load its base models ({type(error).__name__}: {error})".splitlines()[0])
+        return None
+    model.audio_encoder.to(dtype)
+    model.language_model.to(dtype)
+    return model.to(device), processor
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    depth = f"{args.encoder_layers} encoder + {args.llm_layers} LLM layers"
+    print(f"{depth} at reference widths, {device} {dtype}, {args.clips} clips, {args.new_tokens} new tokens each")
+    model, processor, _ = build_reference(args.encoder_layers, args.llm_layers, device, dtype, args.seed)
+    rows = measure(f"reference widths, {depth}, random weights", model, processor, args, device)
+    del model
+    if not args.skip_tiny and (tiny := load_tiny(device, dtype)) is not None:
+        rows += measure("tiny preset (whisper-tiny.en + SmolLM2-135M), real weights", *tiny, args, device)
+
+    def rtfx(build_index, variant_index):
+        return rows[3 * build_index + variant_index]["rtfx"]
+
+    batch_gain, vs_baseline = rtfx(0, 1) / rtfx(0, 0), rtfx(0, 0) / rtfx(0, 2)
+    table_rows = [[r["build"], r["variant"], r["batch_size"], f"{r['rtfx']:.2f}", f"{r['wall_seconds']:.1f}"] for r in rows]
+    name = f"inference_rtf_{device.type}" + ("_full" if args.full_depth else "")
+    path = write_results(name, {
+        "title": f"Inference RTFx ({device.type}, {str(dtype).removeprefix('torch.')})",
+        "machine": machine_info(device),
+        "settings": {**vars(args), "dtype": str(dtype).removeprefix("torch.")},
+        "results": rows,
+        "batch_gain": batch_gain,
+        "ours_vs_baseline_batch1": vs_baseline,
+        "tables": [{"title": "", "headers": ["build", "variant", "batch", "RTFx", "wall s"], "rows": table_rows}],
+        "notes": [
+            f"measured: RTFx = audio seconds / wall seconds of processor + generate over {args.clips} clips "
+            f"({rows[0]['audio_seconds']:.0f} s of audio), {args.new_tokens} new tokens per clip (forced), greedy",
+            f"measured: batch {args.batch_size} / batch 1 = {batch_gain:.2f}x; ours batch 1 / baseline = "
+            f"{vs_baseline:.2f}x (reference widths)",
+            "clips: LoquaciousSet-like durations (lognormal, mean 8.4 s, clipped to 1-30 s), unsorted; batches pad "
+            "to their longest clip",
+            f"baseline: processor with pad_audio_to_30s, one clip at a time; {args.baseline_audio_tokens} audio "
+            "positions into the LLM" + (" (each of the 375 projected embeddings fed twice)"
+                                         if args.baseline_audio_tokens == 750 else ""),
+        ],
+    })
+    print(f"results: {path}")
+    print(f"RTFx ours batch 1 {rtfx(0, 0):.2f}, batch {args.batch_size} {rtfx(0, 1):.2f}, baseline {rtfx(0, 2):.2f}; "
+          f"batch {args.batch_size} / batch 1 = {batch_gain:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""ASRConfig, ASRModel and ASRProcessor: token counts, splicing, loss, freezing, generation, save/load."""
+
+import json
+
+import pytest
+import torch
+from conftest import noise
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoProcessor, TextIteratorStreamer
+
+from configuration_asr import ASRConfig, num_audio_tokens
+from modeling_asr import ASRModel
+from presets import CHATML_TEMPLATE, build, build_offline_tokenizer
+from processing_asr import IGNORE_INDEX, ASRProcessor
+
+LLAMA3_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def test_audio_token_count_agrees_between_processor_and_model(tiny_random):
+    """One definition of samples -> audio tokens: the processor's placeholders match the model's projector output,
+    swept from 0.05 s to 30 s with odd sample counts, all in one padded batch."""
+    model, processor = tiny_random
+    lengths = [800, 801, 1599, 1600, 1601, 3333, 8000, 16001, 24_017, 64_000, 99_999, 160_003, 320_001, 479_999, 480_000]
+    clips = [noise(n / 16_000, seed=n) for n in lengths]
+    batch = processor(audio=clips)
+    placeholders = (batch["input_ids"] == processor.audio_token_id).sum(-1)
+    with torch.no_grad():
+        _, model_lengths = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+    assert placeholders.tolist() == model_lengths.tolist()
+    assert placeholders.tolist() == [num_audio_tokens(n) for n in lengths]
+    assert num_audio_tokens(4 * 16_000) == 50  # 12.5 audio tokens per second, not 750
+    assert num_audio_tokens(30 * 16_000) == 375
+    assert num_audio_tokens(4 * 16_000, pad_audio_to_30s=True) == 375  # padded: every clip costs 30 s
+
+
+def test_padding_inside_a_batch_changes_nothing(tiny_random):
+    model, processor = tiny_random
+    short, long = noise(1.3, seed=1), noise(4.7, seed=2)
+    with torch.no_grad():
+        alone = processor(audio=[short])
+        batch = processor(audio=[short, long])
+        embeds_alone, n_alone = model.get_audio_features(alone["input_features"], alone["input_features_mask"])
+        embeds_batch, n_batch = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+    assert n_alone[0] == n_batch[0]
+    torch.testing.assert_close(embeds_batch[0, : n_alone[0]], embeds_alone[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("template", "assistant_header", "end_of_turn"),
+    [
+        (CHATML_TEMPLATE, "<|im_start|>assistant\n", "<|im_end|>"),
+        (LLAMA3_TEMPLATE, "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+    ],
+)
+def test_prompts_and_labels_with_different_chat_templates(tiny_random, template, assistant_header, end_of_turn):
+    tokenizer = build_offline_tokenizer()
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]}
+    )
+    feature_extractor = tiny_random[1].feature_extractor
+    processor = ASRProcessor(feature_extractor, tokenizer, chat_template=template, system_prompt="be brief")
+    assert processor.prompt.endswith(assistant_header) and "be brief" in processor.prompt
+    assert processor.tokenizer.convert_ids_to_tokens(processor.end_of_turn_token_id) == end_of_turn
+    train = processor(audio=[noise(2.0)], text=["one two"])
+    infer = processor(audio=[noise(2.0)])
+    prompt_length = infer["input_ids"].shape[1]
+    assert torch.equal(train["input_ids"][0, :prompt_length], infer["input_ids"][0])
+    target = train["input_ids"][0, prompt_length:]
+    assert torch.equal(train["labels"][0, prompt_length:], target)
+    assert target[-1] == processor.end_of_turn_token_id
+    assert processor.tokenizer.decode(target[:-1]) == "one two"
+    assert (infer["input_ids"] == processor.audio_token_id).sum() == num_audio_tokens(32_000)
+
+
+def test_training_prompt_is_exactly_the_inference_prompt(tiny_random):
+    _, processor = tiny_random
+    train = processor(audio=[noise(1.0)], text=["seven eight"])
+    infer = processor(audio=[noise(1.0)])
+    prompt_length = infer["input_ids"].shape[1]
+    assert torch.equal(train["input_ids"][0, :prompt_length], infer["input_ids"][0])
+    assert (train["labels"][0, :prompt_length] == IGNORE_INDEX).all()
+    assert (train["labels"][0, prompt_length:] != IGNORE_INDEX).all()
+
+
+def test_loss_uses_the_lm_head_only_on_labelled_positions(tiny_random):
+    model, processor = tiny_random
+    batch = processor(audio=[noise(2.0), noise(3.1)], text=["one two three", "four"])
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape))
+    try:
+        loss = model(**batch).loss
+    finally:
+        hook.remove()
+    labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert rows == [torch.Size([labelled, model.config.text_config.hidden_size])]
+    assert torch.isfinite(loss)
+
+
+def test_only_the_projector_trains_and_frozen_parts_stay_in_eval_mode(tiny_random):
+    model, processor = tiny_random
+    model.train()
+    try:
+        assert not model.audio_encoder.training and not model.language_model.training
+        assert model.projector.training
+        trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {"projector"}
+        batch = processor(audio=[noise(1.5)], text=["five six"])
+        model(**batch).loss.backward()
+        assert model.projector.linear1.weight.grad is not None
+        assert all(p.grad is None for p in model.audio_encoder.parameters())
+        assert all(p.grad is None for p in model.language_model.parameters())
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def test_projector_output_scale_matches_token_embeddings(tiny_random):
+    model, processor = tiny_random
+    batch = processor(audio=[noise(2.0)])
+    with torch.no_grad():
+        audio_embeds, _ = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+    embedding_rms = model.get_input_embeddings().weight.pow(2).mean(-1).sqrt().mean()
+    audio_rms = audio_embeds.pow(2).mean(-1).sqrt().mean()
+    assert 0.5 < float(audio_rms / embedding_rms) < 2.0
+
+
+def test_reference_architecture_on_meta_device():
+    """The real whisper-large-v3-turbo + SmolLM3-3B widths (no download): projector shapes and parameter count."""
+    config = ASRConfig(audio_token_id=128_256)
+    with torch.device("meta"):
+        model = ASRModel(config)
+    projector = model.projector
+    assert projector.conv1.weight.shape == (1280, 1280, 3) and projector.conv2.weight.shape == (1280, 1280, 3)
+    assert projector.linear1.weight.shape == (2048, 1280) and projector.linear2.weight.shape == (2048, 2048)
+    assert projector.norm.weight.shape == (2048,)
+    assert sum(p.numel() for p in projector.parameters()) == 16_654_848
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 16_654_848
+    assert model.config.text_config.vocab_size == 128_256 and model.config.audio_config.num_mel_bins == 128
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_random):
+    model, processor = tiny_random
+    clips = [noise(s, seed=i) for i, s in enumerate((0.4, 2.3, 5.0, 1.1))]
+    kwargs = {"eos_token_id": processor.end_of_turn_token_id, "pad_token_id": processor.tokenizer.pad_token_id}
+    batch = processor(audio=clips)
+    together = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1] :]
+    for row, clip in enumerate(clips):
+        single = processor(audio=[clip])
+        alone = model.generate(**single, **kwargs)[0, single["input_ids"].shape[1] :]
+        expected = together[row][: alone.numel()]
+        assert torch.equal(alone, expected)
+        assert (together[row][alone.numel() :] == processor.tokenizer.pad_token_id).all()
+
+
+def test_new_tokens_are_capped_by_audio_duration(tiny_random):
+    model, processor = tiny_random
+    batch = processor(audio=[noise(1.0)])
+    generated = model.generate(**batch, eos_token_id=-1, pad_token_id=0)  # a model that never stops
+    assert generated.shape[1] - batch["input_ids"].shape[1] == model.config.max_new_tokens_for(16_000)
+
+
+def test_generate_streams_text(tiny_random):
+    model, processor = tiny_random
+    batch = processor(audio=[noise(1.0)])
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True)
+    generated = model.generate(**batch, streamer=streamer, eos_token_id=-1, pad_token_id=0)
+    streamed = "".join(streamer)
+    new_text = processor.tokenizer.decode(generated[0, batch["input_ids"].shape[1] :])
+    assert streamed == new_text and streamed
+
+
+def _outputs(model, processor):
+    batch = processor(audio=[noise(1.7, seed=5)], text=["one two"])
+    with torch.no_grad():
+        return model(**batch).loss
+
+
+def test_save_and_reload_holds_only_trained_weights_and_reproduces_outputs(tmp_path, tiny_random):
+    model, processor = tiny_random
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert set(load_file(tmp_path / "model.safetensors")) == {
+        name for name, _ in model.named_parameters() if name.startswith("projector.")
+    }
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSpeechSeq2Seq"] == "modeling_asr.ASRModel"
+    assert config["custom_pipelines"]["automatic-speech-recognition"]["impl"] == "pipeline_asr.ASRPipeline"
+    reloaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    reloaded_processor = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert AutoConfig.from_pretrained(tmp_path, trust_remote_code=True).model_type == "tiny_audio"
+    torch.testing.assert_close(_outputs(reloaded, reloaded_processor), _outputs(model, processor))
+
+
+def test_random_model_without_rebuildable_bases_saves_everything(tmp_path, tiny_random):
+    _, processor = tiny_random
+    config = ASRConfig.from_dict(tiny_random[0].config.to_dict())
+    config.trained_weights_only, config.base_seed = False, None
+    model = ASRModel(config).eval()
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert any(key.startswith("audio_encoder.") for key in saved)
+    assert any(key.startswith("language_model.") for key in saved)
+    reloaded = ASRModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(_outputs(reloaded, processor), _outputs(model, processor))
+
+
+def test_lora_adapters_are_saved_and_reloaded(tmp_path):
+    model, processor = build("tiny-random", lora_rank=4)
+    lora = [name for name, p in model.named_parameters() if "lora_" in name]
+    assert lora and all(p.requires_grad for name, p in model.named_parameters() if "lora_" in name)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()  # LoRA B starts at zero; make the adapters matter
+    model.eval().save_pretrained(tmp_path)
+    assert set(lora) <= set(load_file(tmp_path / "model.safetensors"))
+    reloaded = ASRModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(_outputs(reloaded, processor), _outputs(model, processor))
+
+
+def test_broken_checkpoint_is_refused(tmp_path, tiny_random):
+    model, processor = tiny_random
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["projector_hidden_size"] = 48
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises((ValueError, RuntimeError), match="size mismatch|does not match"):
+        ASRModel.from_pretrained(tmp_path)
+
+
+def test_prompt_without_placeholder_is_rejected(tiny_random):
+    _, processor = tiny_random
+    with pytest.raises(ValueError, match="must contain the audio placeholder '<audio>'"):
+        ASRConfig(user_prompt="Transcribe this.")
+    with pytest.raises(ValueError, match="must contain the audio placeholder '<audio>'"):
+        ASRProcessor(processor.feature_extractor, processor.tokenizer, user_prompt="Transcribe this.")
+
+
+def test_mismatched_placeholders_are_a_clear_error(tiny_random):
+    model, processor = tiny_random
+    long, short = processor(audio=[noise(1.0)]), processor(audio=[noise(0.5)])
+    with pytest.raises(ValueError, match="does not match the audio tokens"):
+        model(
+            input_ids=short["input_ids"],
+            input_features=long["input_features"],
+            input_features_mask=long["input_features_mask"],
+        )

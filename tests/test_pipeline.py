@@ -1,0 +1,151 @@
+"""The `automatic-speech-recognition` pipeline: inputs, long audio, batching, bad input, loading from a fresh process."""
+
+import io
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import noise
+
+from pipeline_asr import ASRPipeline, file_blocks, split_at_quiet_points
+
+
+@pytest.fixture(scope="module")
+def asr(tiny_random):
+    model, processor = tiny_random
+    return ASRPipeline(model=model, processor=processor)
+
+
+def write(path, samples, rate, **kwargs):
+    sf.write(path, samples, rate, **kwargs)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "rate", "channels", "subtype"),
+    [(".wav", 44_100, 2, "PCM_16"), (".flac", 22_050, 1, "PCM_16"), (".ogg", 48_000, 2, "VORBIS"), (".mp3", 16_000, 1, None)],
+)
+def test_transcribes_audio_files(asr, tmp_path, suffix, rate, channels, subtype):
+    samples = np.stack([noise(1.2, seed=c, rate=rate) for c in range(channels)], axis=1)
+    path = write(tmp_path / f"clip{suffix}", samples, rate, **({"subtype": subtype} if subtype else {}))
+    assert isinstance(asr(path)["text"], str)
+
+
+def test_every_input_form_gives_the_same_transcript(asr, tmp_path):
+    clip = noise(1.5, seed=3)
+    pcm16 = (clip * 32767).astype(np.int16)
+    path = write(tmp_path / "clip.wav", pcm16, 16_000, subtype="PCM_16")
+    expected = asr(pcm16.astype(np.float32) / 32768)["text"]
+    forms = [
+        path,
+        open(path, "rb").read(),
+        pcm16,
+        torch.from_numpy(pcm16.astype(np.float32) / 32768),
+        {"array": pcm16.astype(np.float32) / 32768, "sampling_rate": 16_000},
+        {"raw": pcm16, "sampling_rate": 16_000},
+        np.stack([pcm16, pcm16]),  # (channels, samples) stereo
+    ]
+    for form in forms:
+        assert asr(form)["text"] == expected
+
+
+def test_any_sample_rate_is_resampled(asr):
+    result = asr({"array": noise(2.0, rate=8_000), "sampling_rate": 8_000})
+    assert isinstance(result["text"], str)
+
+
+def test_batch_size_four_matches_batch_size_one(asr):
+    clips = [noise(s, seed=i) for i, s in enumerate((0.3, 2.2, 6.1, 1.4))]
+    assert asr(clips, batch_size=4) == asr(clips, batch_size=1)
+
+
+def test_long_audio_is_split_at_quiet_points_with_timestamps(asr):
+    speech = noise(75.0, seed=9)
+    speech[int(24.0 * 16_000) : int(24.6 * 16_000)] = 0  # a pause the splitter should find
+    result = asr(speech, return_timestamps=True, max_new_tokens=3)
+    pieces = list(split_at_quiet_points([speech], 30 * 16_000, 20 * 16_000))
+    assert 24.0 <= pieces[0][1].size / 16_000 <= 24.6
+    assert sum(piece.size for _, piece in pieces) == speech.size
+    assert all(piece.size <= 30 * 16_000 for _, piece in pieces)
+    timestamps = [chunk["timestamp"] for chunk in result["chunks"]]
+    assert all(end - start <= 30 for start, end in timestamps)
+    assert result["text"] == " ".join(chunk["text"] for chunk in result["chunks"])
+
+
+def test_files_are_streamed_in_bounded_blocks(tmp_path):
+    path = write(tmp_path / "long.flac", noise(65.0, rate=44_100), 44_100)
+    sizes = [block.size for block in file_blocks(path)]
+    assert len(sizes) >= 7 and max(sizes) <= 10.5 * 16_000
+    assert abs(sum(sizes) - 65 * 16_000) < 50
+
+
+@pytest.mark.parametrize(
+    ("bad_input", "message"),
+    [
+        (np.zeros(0, dtype=np.float32), "audio is empty"),
+        (np.zeros(16_000, dtype=np.float32), "silent"),
+        (np.array([0.1, np.nan] * 8000, dtype=np.float32), "NaN or Inf"),
+        (np.array([0.1, np.inf] * 8000, dtype=np.float32), "NaN or Inf"),
+        (42, "unsupported input type int"),
+        ({"sampling_rate": 16_000}, "needs an 'array'"),
+        (np.array(["a", "b"]), "expected numeric samples"),
+        (np.zeros((2, 2, 2), dtype=np.float32), "expected 1-D"),
+        (b"", "audio input is empty"),
+        (b"definitely not audio", "could not decode audio"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(asr, bad_input, message):
+    with pytest.raises(ValueError, match=message):
+        asr(bad_input)
+
+
+def test_bad_files_get_a_clear_error(asr, tmp_path):
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    with pytest.raises(ValueError, match=r"notes.txt.*could not decode audio"):
+        asr(str(text_file))
+    with pytest.raises(ValueError, match=r"missing.wav.*no such file"):
+        asr(str(tmp_path / "missing.wav"))
+    truncated = io.BytesIO()
+    sf.write(truncated, noise(1.0), 16_000, format="WAV")
+    (tmp_path / "truncated.wav").write_bytes(truncated.getvalue()[:30])
+    with pytest.raises(ValueError, match="truncated.wav"):
+        asr(str(tmp_path / "truncated.wav"))
+
+
+@pytest.mark.slow
+def test_smoke_checkpoint_loads_in_a_fresh_process_outside_the_repo(smoke_dir, tmp_path):
+    """The issue's acceptance: from a directory outside the repo with nothing of it importable."""
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, numpy as np, soundfile as sf
+        assert importlib.util.find_spec("modeling_asr") is None  # nothing of the repo is importable
+        from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
+        model_dir = {str(smoke_dir)!r}
+        asr = pipeline("automatic-speech-recognition", model=model_dir, trust_remote_code=True)
+        rng = np.random.default_rng(0)
+        stereo = (rng.standard_normal((44_100 * 2, 2)) * 0.1).astype(np.float32)
+        sf.write("stereo.wav", stereo, 44_100)
+        print("wav", asr("stereo.wav"))
+        print("8k", asr({{"array": (rng.standard_normal(16_000) * 0.1).astype(np.float32), "sampling_rate": 8_000}}))
+        print("short", asr((rng.standard_normal(4_800) * 0.1).astype(np.float32)))
+        long = asr((rng.standard_normal(16_000 * 75) * 0.1).astype(np.float32), return_timestamps=True)
+        assert long["chunks"] and long["chunks"][-1]["timestamp"][1] == 75.0, long
+        clips = [(rng.standard_normal(int(16_000 * s)) * 0.1).astype(np.float32) for s in (0.5, 3.0, 7.5, 1.2)]
+        assert asr(clips, batch_size=4) == asr(clips, batch_size=1)
+        assert type(AutoModel.from_pretrained(model_dir, trust_remote_code=True)).__name__ == "ASRModel"
+        assert type(AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)).__name__ == "ASRProcessor"
+        assert AutoConfig.from_pretrained(model_dir, trust_remote_code=True).model_type == "tiny_audio"
+        print("OK")
+        """
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK")

@@ -1,0 +1,183 @@
+"""train_trainer.py: the smoke recipe learns, bad data is counted or refused, resume is exact, stages chain."""
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+from asr_data import ASRCollator, SkipCounter, build_encoder_cache, scan, synthetic_tones, tone_clip
+from train_trainer import main
+
+
+def run(tmp_path, *args) -> dict:
+    return main(["--preset", "tiny-random", "--output_dir", str(tmp_path), "--report_to", "none", *args])
+
+
+def logged_losses(checkpoint_dir) -> list[float]:
+    state = json.loads((checkpoint_dir / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_smoke_recipe_learns_and_saves_only_trained_weights(tmp_path):
+    metrics = run(tmp_path, "--max_steps", "40", "--save_strategy", "steps", "--save_steps", "40")
+    losses = logged_losses(tmp_path / "checkpoint-40")
+    assert len(losses) >= 5 and losses[-1] < losses[0] - 0.5, losses
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    assert "eval_wer" in results and results["eval_wer"] == metrics["eval_wer"]
+    for folder in (tmp_path, tmp_path / "checkpoint-40"):
+        assert set(load_file(folder / "model.safetensors")) == {
+            f"projector.{name}" for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "linear1.weight",
+                                             "linear1.bias", "linear2.weight", "linear2.bias", "norm.weight")
+        }
+        assert (folder / "modeling_asr.py").exists() and (folder / "pipeline_asr.py").exists()
+    record = json.loads((tmp_path / "training_run.json").read_text())
+    assert record["preset"] == "tiny-random" and record["stages"][-1]["stage"] == "llm"
+    assert record["data"]["train"]["samples"] == 64 and record["results"]["eval_wer"] == results["eval_wer"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    """8 steps straight and 4 + resume + 4 end at the same weights (tolerance: 1e-6 absolute)."""
+    common = ["--save_strategy", "steps", "--save_steps", "4", "--eval_split_name", ""]
+    run(tmp_path / "straight", "--max_steps", "8", *common)
+    run(tmp_path / "resumed", "--max_steps", "4", *common)
+    run(tmp_path / "resumed", "--max_steps", "8", *common, "--resume_from_checkpoint", str(tmp_path / "resumed/checkpoint-4"))
+    straight = load_file(tmp_path / "straight/model.safetensors")
+    resumed = load_file(tmp_path / "resumed/model.safetensors")
+    halfway = load_file(tmp_path / "resumed/checkpoint-4/model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0)
+    assert any(not torch.equal(halfway[name], straight[name]) for name in straight)
+
+
+def write_folder(root, rows):
+    """An audiofolder split: root/train/metadata.csv beside the audio files."""
+    split = root / "train"
+    split.mkdir(parents=True)
+    with open(split / "metadata.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "text"])
+        for name, audio, text in rows:
+            if isinstance(audio, bytes):
+                (split / name).write_bytes(audio)
+            else:
+                sf.write(split / name, audio, 16_000, subtype="FLOAT")
+            writer.writerow([name, text])
+    return root
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+    """20 good clips plus one corrupt file, one empty transcript, one NaN clip and one over-long clip."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(20):
+        words = list(rng.choice(["one", "two", "red", "blue", "cat"], size=3))
+        rows.append((f"good{i}.wav", tone_clip(words), " ".join(words)))
+    nan_clip = tone_clip(["one"])
+    nan_clip[100] = np.nan
+    rows += [
+        ("corrupt.wav", b"RIFF\x00\x00not really a wave file", "one two"),
+        ("empty_text.wav", tone_clip(["two"]), " "),
+        ("nan.wav", nan_clip, "one"),
+        ("long.wav", np.tile(tone_clip(["red", "blue"]), 20), "red blue"),
+    ]
+    return write_folder(tmp_path_factory.mktemp("messy"), rows)
+
+
+def test_bad_data_is_skipped_and_counted_per_reason(tmp_path, messy_folder, caplog):
+    caplog.set_level(logging.INFO)
+    run(tmp_path, "--dataset_name", str(messy_folder), "--eval_split_name", "", "--max_steps", "3",
+        "--max_duration_in_seconds", "10")
+    counts = json.loads((tmp_path / "training_run.json").read_text())["data"]["train"]
+    assert counts["seen"] == 24 and counts["kept"] == 20
+    assert counts["skipped"] == {"undecodable": 1, "empty_transcript": 1, "non_finite": 1, "too_long": 1}
+    summary = [r.getMessage() for r in caplog.records if "'skipped'" in r.getMessage()]
+    assert summary and all(reason in summary[-1] for reason in ("undecodable", "empty_transcript", "non_finite", "too_long"))
+
+
+def test_too_much_bad_data_is_a_clear_error(tmp_path, messy_folder):
+    with pytest.raises(ValueError, match=r"examples are unusable .*--max_bad_fraction 0.01"):
+        run(tmp_path, "--dataset_name", str(messy_folder), "--eval_split_name", "", "--max_steps", "3",
+            "--max_duration_in_seconds", "10", "--max_bad_fraction", "0.01")
+
+
+def test_skip_counter_refuses_a_broken_stream_early():
+    counter = SkipCounter("stream", max_bad_fraction=0.1, min_examples=20)
+    for _ in range(17):
+        counter.record(None)
+    with pytest.raises(ValueError, match="3 of 20 examples are unusable"):
+        for _ in range(3):
+            counter.record("undecodable")
+
+
+def test_streaming_a_local_folder_trains(tmp_path, messy_folder):
+    run(tmp_path, "--dataset_name", str(messy_folder), "--streaming", "true", "--eval_split_name", "", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--max_duration_in_seconds", "10")
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_cached_encoder_outputs_give_the_same_loss(tiny_random):
+    model, processor = tiny_random
+    dataset = scan(synthetic_tones("train", 6), SkipCounter("tones"), 30.0)
+    cache = build_encoder_cache(model, processor, dataset, batch_size=4)
+    examples = list(dataset)
+    cached = [dict(e, cache_index=i) for i, e in enumerate(examples)]
+    collator = ASRCollator(processor, cache)
+    with torch.no_grad():
+        direct = model(**collator(examples)).loss
+        from_cache = model(**collator(cached)).loss
+    torch.testing.assert_close(from_cache, direct, atol=2e-3, rtol=1e-3)
+
+
+def test_ctc_warmup_then_lora_stage_from_an_earlier_checkpoint(tmp_path):
+    stage1 = tmp_path / "stage1"
+    run(stage1, "--max_steps", "3", "--ctc_warmup_steps", "4", "--ctc_batch_size", "4", "--eval_split_name", "")
+    record = json.loads((stage1 / "training_run.json").read_text())
+    assert [stage["stage"] for stage in record["stages"]] == ["ctc_warmup", "llm"]
+    stage2 = tmp_path / "stage2"
+    run(stage2, "--init_from", str(stage1), "--lora_rank", "4", "--freeze_projector", "true", "--max_steps", "3",
+        "--eval_split_name", "", "--learning_rate", "1e-2")
+    weights1, weights2 = load_file(stage1 / "model.safetensors"), load_file(stage2 / "model.safetensors")
+    assert any("lora_A" in name for name in weights2) and any("lora_B" in name for name in weights2)
+    for name, value in weights1.items():
+        assert torch.equal(weights2[name], value), f"{name} changed although the projector was frozen"
+    assert json.loads((stage2 / "config.json").read_text())["lora_rank"] == 4
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_on_cpu(tmp_path):
+    """torchrun --nproc_per_node=2 with gloo: ranks see different data and one checkpoint is written."""
+    wrapper = tmp_path / "train_recording.py"
+    wrapper.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        import asr_data, train_trainer
+        seen, call = [], asr_data.ASRCollator.__call__
+        def recording(self, examples):
+            seen.extend(e["text"] for e in examples)
+            return call(self, examples)
+        asr_data.ASRCollator.__call__ = recording
+        train_trainer.main(sys.argv[1:])
+        with open(os.path.join({str(tmp_path)!r}, f"seen_{{os.environ['RANK']}}.json"), "w") as f:
+            json.dump(seen, f)
+    """))
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper), "--preset",
+               "tiny-random", "--max_steps", "3", "--output_dir", str(output), "--eval_split_name", "",
+               "--save_strategy", "steps", "--save_steps", "3", "--ddp_backend", "gloo"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**__import__("os").environ})
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen_{rank}.json").read_text()) for rank in (0, 1)]
+    assert min(map(len, seen)) >= 3 * 8 and seen[0] != seen[1]  # (the loader may fetch one batch ahead)
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert (output / "model.safetensors").exists()
