@@ -103,10 +103,9 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         self.language_model = (
             language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         )
-        self.audio_encoder.requires_grad_(False)
-        self.language_model.requires_grad_(False)
         if config.lora_rank > 0:
             self._inject_lora()
+        self.freeze_base_models()
         self.post_init()
         if not self.projector.norm.weight.is_meta:
             self.match_projector_scale()
@@ -142,7 +141,9 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         if config is None:
             config = ASRConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if not config.trained_weights_only:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            model.freeze_base_models()
+            return model
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         model = cls.from_base_models(config, dtype=None if dtype == "auto" else dtype)
         weights_file = cached_file(pretrained_model_name_or_path, WEIGHTS_NAME, **hub_kwargs)
@@ -151,6 +152,11 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         if isinstance(device_map, (str, torch.device)) and device_map != "auto":
             model.to(device_map)
         return model.eval()
+
+    def freeze_base_models(self) -> None:
+        """Only the projector and LoRA adapters train; the encoder and the LLM stay frozen."""
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(self.is_trained_weight(name))
 
     @staticmethod
     def is_trained_weight(name: str) -> bool:
@@ -192,6 +198,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         self.config.lora_rank, self.config.lora_alpha, self.config.lora_dropout = rank, alpha, dropout
         self.config.lora_target_modules = list(target_modules)
         self._inject_lora()
+        self.freeze_base_models()
 
     def _inject_lora(self) -> None:
         from peft import LoraConfig, inject_adapter_in_model

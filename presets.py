@@ -38,8 +38,8 @@ PRESETS = {
         {
             "audio_model_id": "openai/whisper-tiny.en",
             "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-            "system_prompt": None,
-            "user_prompt": "Transcribe the audio: <audio>",
+            "system_prompt": "Transcribe speech.",  # short: SmolLM2's template otherwise adds a long default
+            "user_prompt": "<audio>",
         },
     ),
     "tiny-random": Preset(
@@ -101,8 +101,8 @@ def build_offline_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
 
 
-def build(preset: str = "tiny", seed: int = 0, **overrides) -> tuple[ASRModel, ASRProcessor]:
-    """A fresh (untrained projector) model and its processor for a named preset."""
+def build(preset: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A fresh (untrained projector) model and its processor for a named preset; `dtype` is the bases' dtype."""
     spec = PRESETS[preset]
     config = ASRConfig(**{**spec.config, **overrides})
     set_seed(seed)
@@ -117,7 +117,7 @@ def build(preset: str = "tiny", seed: int = 0, **overrides) -> tuple[ASRModel, A
         tokenizer = from_pretrained_or_mirror(AutoTokenizer, config.text_model_id, config.text_model_revision)
     processor = ASRProcessor.from_config(config, feature_extractor, tokenizer)
     config.audio_token_id = processor.audio_token_id
-    model = ASRModel.from_base_models(config, dtype=torch.float32)
+    model = ASRModel.from_base_models(config, dtype=dtype)
     model.generation_config.eos_token_id = processor.end_of_turn_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.do_sample = False

@@ -20,6 +20,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+import hub_push
 from asr_data import (
     SYNTHETIC_TONES,
     ASRCollator,
@@ -64,6 +65,7 @@ PRESETS = {
         "model_preset": "tiny",
         "dataset_name": "outputs/speech_corpus",
         "eval_split_name": "validation",
+        "base_dtype": "bfloat16",
         "cache_encoder_outputs": True,
         "ctc_warmup_steps": 1500,
         "lora_rank": 16,
@@ -117,6 +119,8 @@ class ModelArguments:
     lora_dropout: float = 0.0
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "comma-separated module names"})
     freeze_projector: bool = field(default=False, metadata={"help": "train only the LoRA adapters"})
+    base_dtype: str = field(default="float32", metadata={"help": "dtype of the frozen encoder and LLM (bfloat16 is "
+                            "about 1.5x faster on CPUs with avx512_bf16 and on GPUs); trained weights stay float32"})
 
 
 @dataclass
@@ -157,6 +161,19 @@ class TimeBudget(TrainerCallback):
             logger.info(f"time budget spent after {state.global_step} steps; stopping")
             control.should_training_stop = True
         return control
+
+
+class HubPush(TrainerCallback):
+    """`--push_to_hub`: every saved checkpoint goes through hub_push (assembled, verified, only needed files)."""
+
+    def __init__(self, repo_id: str, private: bool):
+        self.repo_id, self.private = repo_id, private
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            hub_push.push_to_hub(checkpoint, self.repo_id, private=self.private,
+                                 commit_message=f"checkpoint at step {state.global_step}")
 
 
 class ASRTrainer(Trainer):
@@ -201,6 +218,7 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
     else:
         model, processor = build(
             model_args.model_preset,
+            dtype=getattr(torch, model_args.base_dtype),
             lora_rank=model_args.lora_rank,
             lora_alpha=model_args.lora_alpha,
             lora_dropout=model_args.lora_dropout,
@@ -235,6 +253,10 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model_args, recipe, data_args, training_args, preset = parse_args(argv)
+    hub_repo = training_args.hub_model_id if training_args.push_to_hub else None
+    if training_args.push_to_hub and not hub_repo:
+        raise ValueError("--push_to_hub needs --hub_model_id OWNER/NAME")
+    training_args.push_to_hub = False  # pushes go through hub_push instead of the Trainer's upload of everything
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
 
@@ -275,12 +297,16 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=ASRCollator(processor, encoder_cache, data_args.spec_augment, training_args.seed),
         processing_class=processor,
         wer_examples=list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None,
-        callbacks=[TimeBudget(recipe.max_train_minutes)] if recipe.max_train_minutes else None,
     )
+    if recipe.max_train_minutes:
+        trainer.add_callback(TimeBudget(recipe.max_train_minutes))
+    if hub_repo:
+        trainer.add_callback(HubPush(hub_repo, bool(training_args.hub_private_repo)))
     metrics = {}
     if training_args.do_train or not training_args.do_eval:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
+        trainer.save_state()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         stages.append({"stage": "llm", "steps": result.global_step, "lora_rank": model.config.lora_rank})
@@ -293,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         write_run_record(training_args.output_dir, argv, preset, model, (model_args, recipe, data_args), training_args,
                          train_counter, eval_data, stages, metrics)
+        if hub_repo:
+            hub_push.push_to_hub(training_args.output_dir, hub_repo, private=bool(training_args.hub_private_repo))
     return metrics
 
 

@@ -51,6 +51,20 @@ def clip_durations(count: int, seed: int = 0) -> np.ndarray:
     return np.clip(np.random.default_rng(seed).lognormal(mu, SIGMA, count), MIN_SECONDS, MAX_SECONDS)
 
 
+def batch_durations(batch_size: int, batches: int, grouped: bool = True, seed: int = 0, mega_batches: int = 50):
+    """Clip durations of `batches` training batches, as a list of arrays.
+
+    grouped: like the trainer (group_by_length / DecodedStream): a pool of `mega_batches` batches is sorted by
+    duration and cut into batches; the benchmark takes `batches` of them spread evenly over the pool, so that the few
+    timed batches cover short and long clips alike. Otherwise: random batches (padding to the longest clip).
+    """
+    if not grouped:
+        return list(clip_durations(batch_size * batches, seed).reshape(batches, batch_size))
+    pool = np.sort(clip_durations(batch_size * max(mega_batches, batches), seed)).reshape(-1, batch_size)
+    picks = ((np.arange(batches) + 0.5) * len(pool) / batches).astype(int)
+    return list(np.random.default_rng(seed).permutation(pool[picks]))
+
+
 def synthetic_clips(durations, seed: int = 0) -> list[np.ndarray]:
     """Speech-like stand-in audio (a few tones plus noise, 16 kHz); timing does not depend on the content."""
     rng = np.random.default_rng(seed)
@@ -183,12 +197,15 @@ def synchronize(device: torch.device) -> None:
 
 
 def timed(function, device: torch.device):
-    """(result, wall seconds) of `function()`, with the device synchronised on both sides."""
+    """(result, wall seconds, process CPU seconds) of `function()`, with the device synchronised on both sides.
+
+    CPU seconds (all threads of this process) are less disturbed than wall seconds by other work on a shared machine.
+    """
     synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     result = function()
     synchronize(device)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def _proc_status_kib(field: str) -> int:
@@ -219,6 +236,35 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+class PeakMemory:
+    """Peak memory over a `with` block, weights and everything else alive included.
+
+    CUDA: `torch.cuda.max_memory_allocated` (peak reset on entry). CPU: the peak resident set size (VmHWM) after
+    returning freed heap pages to the OS and resetting the mark on entry; torch's CPU allocator does not cache, so
+    RSS follows live tensors. `peak` is None where the mark cannot be reset (no /proc/self/clear_refs).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.resting, self.peak = device, 0, None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.resting, self._exact = torch.cuda.memory_allocated(self.device), True
+        else:
+            self._exact = reset_peak_rss()
+            self.resting = rss_bytes()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.peak = peak_rss_bytes() if self._exact else None
 
 
 # ----------------------------------------------------------------------------------------------- results

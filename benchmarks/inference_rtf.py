@@ -74,7 +74,7 @@ def measure(build_name, model, processor, args, device) -> list[dict]:
         ("ours", args.batch_size, processor, 1),
         (f"baseline ({args.baseline_audio_tokens} audio tokens)", 1, padded, args.baseline_audio_tokens // 375),
     ]
-    seconds = [0.0] * len(variants)
+    seconds, cpu_seconds = [0.0] * len(variants), [0.0] * len(variants)
     with torch.inference_mode():
         for name, batch_size, variant_processor, repeat in variants:  # warm-up on two clips
             transcribe(model, variant_processor, clips[:2], min(batch_size, 2), args.new_tokens, repeat, device)
@@ -82,16 +82,17 @@ def measure(build_name, model, processor, args, device) -> list[dict]:
         for start in range(0, len(clips), args.batch_size):
             group = clips[start : start + args.batch_size]
             for index, (name, batch_size, variant_processor, repeat) in enumerate(variants):
-                _, elapsed = timed(
+                _, wall, cpu = timed(
                     lambda: transcribe(model, variant_processor, group, batch_size, args.new_tokens, repeat, device),
                     device,
                 )
-                seconds[index] += elapsed
+                seconds[index] += wall
+                cpu_seconds[index] += cpu
     audio = float(durations.sum())
     rows = []
-    for (name, batch_size, _, _), wall in zip(variants, seconds):
+    for (name, batch_size, _, _), wall, cpu in zip(variants, seconds, cpu_seconds):
         rows.append({"build": build_name, "variant": name, "batch_size": batch_size, "audio_seconds": audio,
-                     "wall_seconds": wall, "rtfx": audio / wall})
+                     "wall_seconds": wall, "cpu_seconds": cpu, "rtfx": audio / wall})
         print(f"{build_name}: {name} batch {batch_size}: RTFx {audio / wall:.2f} ({audio:.0f} s audio in {wall:.1f} s)")
     return rows
 

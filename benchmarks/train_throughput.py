@@ -4,17 +4,15 @@ One step = forward + backward + AdamW step on the trainable parameters (the proj
 LLM are frozen. The model has the reference build's widths (encoder d_model 1280, 20 heads, ffn 5120, 128 mels;
 LLM hidden 2048, 16/4 heads, intermediate 11008, vocabulary 128,256) with random weights and reduced depth.
 
-    python benchmarks/train_throughput.py                         # CPU, 2 + 2 layers, batch 4
+    python benchmarks/train_throughput.py                         # CPU, 2 + 2 layers, batch 2
     python benchmarks/train_throughput.py --device cuda --full-depth
 
-Timing: the two variants alternate step by step in one process (warm-up steps untimed). Peak memory: on CUDA,
-`torch.cuda.max_memory_allocated` around each variant's steps; on CPU, the peak resident set (VmHWM, reset through
-/proc/self/clear_refs) of one training step in a fresh child process per variant, weights included.
+Timing: the variants alternate step by step in one process, after untimed warm-up steps. Peak memory, weights
+included: CUDA `torch.cuda.max_memory_allocated`; CPU peak resident set (VmHWM reset through /proc/self/clear_refs
+after glibc malloc_trim) around each step, the maximum over the variant's steps.
 """
 
 import argparse
-import json
-import subprocess
 import sys
 
 import torch
@@ -22,17 +20,15 @@ import torch
 from common import (
     REFERENCE_ENCODER_LAYERS,
     REFERENCE_LLM_LAYERS,
+    PeakMemory,
     autocast,
+    batch_durations,
     build_reference,
-    clip_durations,
     full_logits_loss,
     gib,
     machine_info,
-    peak_rss_bytes,
-    reset_peak_rss,
     resolve_device,
     resolve_dtype,
-    rss_bytes,
     synthetic_clips,
     timed,
     training_batch,
@@ -50,17 +46,21 @@ def parse_args(argv=None):
     parser.add_argument("--encoder-layers", type=int, default=2)
     parser.add_argument("--llm-layers", type=int, default=2)
     parser.add_argument("--full-depth", action="store_true", help="the reference depth: 32 encoder, 36 LLM layers")
-    parser.add_argument("--batch-size", type=int, help="default 4 on cpu, 8 on cuda")
-    parser.add_argument("--steps", type=int, help="timed steps per variant (default 2 on cpu, 10 on cuda)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
+    parser.add_argument("--batch-size", type=int, help="default 2 on cpu, 16 on cuda")
+    parser.add_argument("--steps", type=int, help="timed steps per variant (default 3 on cpu, 10 on cuda)")
+    parser.add_argument("--warmup", type=int, help="untimed steps per variant first (default 1 on cpu, 3 on cuda)")
+    parser.add_argument("--batching", choices=["grouped", "random"], default="grouped",
+                        help="grouped by duration like the trainer (default), or random batches")
+    parser.add_argument("--baseline-audio-tokens", type=int, choices=[375, 750], default=750,
+                        help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.full_depth:
         args.encoder_layers, args.llm_layers = REFERENCE_ENCODER_LAYERS, REFERENCE_LLM_LAYERS
     cuda = args.device == "cuda"
-    args.batch_size = args.batch_size or (8 if cuda else 4)
-    args.steps = args.steps or (10 if cuda else 2)
+    args.batch_size = args.batch_size or (16 if cuda else 2)
+    args.steps = args.steps or (10 if cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     return args
 
 
@@ -70,23 +70,25 @@ class Bench:
     def __init__(self, args):
         self.device = resolve_device(args.device)
         self.dtype = resolve_dtype(args.dtype, self.device)
+        self.audio_repeat = args.baseline_audio_tokens // 375
         self.model, ours_processor, baseline_processor = build_reference(
             args.encoder_layers, args.llm_layers, self.device, self.dtype, args.seed
         )
         self.model.train()
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
-        count = (args.warmup + args.steps) * args.batch_size
-        self.durations = clip_durations(count, args.seed)
-        clips, targets = synthetic_clips(self.durations, args.seed), transcript_ids(self.durations, args.seed)
+        self.durations = batch_durations(args.batch_size, args.warmup + args.steps, args.batching == "grouped", args.seed)
         self.batches = {name: [] for name in VARIANTS}
-        for start in range(0, count, args.batch_size):
-            window = slice(start, start + args.batch_size)
+        for index, durations in enumerate(self.durations):
+            clips = synthetic_clips(durations, args.seed + index)
+            targets = transcript_ids(durations, args.seed + index)
             for name, processor in (("ours", ours_processor), ("baseline", baseline_processor)):
-                self.batches[name].append(training_batch(processor, clips[window], targets[window], self.device))
+                self.batches[name].append(training_batch(processor, clips, targets, self.device))
 
     def loss(self, name: str, batch: dict) -> torch.Tensor:
         with autocast(self.device, self.dtype):
-            return self.model(**batch).loss if name == "ours" else full_logits_loss(self.model, batch)
+            if name == "ours":
+                return self.model(**batch).loss
+            return full_logits_loss(self.model, batch, self.audio_repeat)
 
     def step(self, name: str, index: int) -> float:
         loss = self.loss(name, self.batches[name][index])
@@ -96,112 +98,92 @@ class Bench:
         return loss.item()
 
 
-def memory_child(args) -> None:
-    """Child process: peak RSS of one training step of one variant (weights, optimizer state and batch included)."""
-    bench = Bench(args)
-    resting = rss_bytes()
-    exact = reset_peak_rss()
-    bench.step(args.memory_child, 0)
-    print(json.dumps({"peak": peak_rss_bytes() if exact else None, "resting": resting}))
-
-
-def cpu_peak_memory(argv) -> dict:
-    peaks = {}
-    for name in VARIANTS:
-        command = [sys.executable, __file__, *argv, "--memory-child", name]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        peaks[name] = json.loads(output.strip().splitlines()[-1])
-    return peaks
-
-
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.memory_child:
-        return memory_child(args)
     bench = Bench(args)
-    device, batch_size = bench.device, args.batch_size
-    print(f"{args.encoder_layers} encoder + {args.llm_layers} LLM layers at reference widths, {device} {bench.dtype}, "
-          f"batch {batch_size}, {args.steps} timed steps (+{args.warmup} warm-up) per variant")
+    device, batch_size, dtype = bench.device, args.batch_size, str(bench.dtype).removeprefix("torch.")
+    depth = f"{args.encoder_layers} encoder + {args.llm_layers} LLM layers"
+    print(f"{depth} at reference widths, {device} {dtype}, batch {batch_size} ({args.batching}), "
+          f"{args.steps} timed steps (+{args.warmup} warm-up) per variant, baseline {args.baseline_audio_tokens} audio tokens")
     with torch.no_grad(), autocast(device, bench.dtype):  # the baseline's loss is the same quantity as ours
         batch = bench.batches["ours"][0]
         ours_loss, base_loss = bench.model(**batch).loss.item(), full_logits_loss(bench.model, batch).item()
     print(f"loss check on the same inputs: ours {ours_loss:.4f}, full-logits {base_loss:.4f}")
 
-    seconds = {name: 0.0 for name in VARIANTS}
-    peak_cuda = {name: 0 for name in VARIANTS}
-    losses = {name: [] for name in VARIANTS}
+    totals = {name: {"wall": 0.0, "cpu": 0.0, "peak": 0, "resting": 0, "losses": []} for name in VARIANTS}
     for index in range(args.warmup + args.steps):
-        order = VARIANTS if index % 2 == 0 else VARIANTS[::-1]
-        for name in order:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            loss, elapsed = timed(lambda: bench.step(name, index), device)
-            if device.type == "cuda":
-                peak_cuda[name] = max(peak_cuda[name], torch.cuda.max_memory_allocated(device))
-            losses[name].append(round(loss, 4))
+        for name in VARIANTS if index % 2 == 0 else VARIANTS[::-1]:
+            total = totals[name]
+            with PeakMemory(device) as memory:
+                loss, wall, cpu = timed(lambda: bench.step(name, index), device)
+            if memory.peak is not None and memory.peak > total["peak"]:
+                total["peak"], total["resting"] = memory.peak, memory.resting
+            total["losses"].append(round(loss, 4))
             if index >= args.warmup:
-                seconds[name] += elapsed
-            print(f"step {index}{' (warm-up)' if index < args.warmup else ''} {name}: {elapsed:.2f} s, loss {loss:.3f}")
+                total["wall"] += wall
+                total["cpu"] += cpu
+            print(f"step {index}{' (warm-up)' if index < args.warmup else ''} {name}: {wall:.2f} s "
+                  f"(cpu {cpu:.1f} s), loss {loss:.3f}, peak {gib(memory.peak or 0):.2f} GiB")
 
-    timed_utterances = args.steps * batch_size
-    timed_audio = float(bench.durations[args.warmup * batch_size :].sum())
-    results = {name: {"utterances_per_s": timed_utterances / seconds[name], "seconds": seconds[name],
-                      "audio_hours_per_hour": timed_audio / seconds[name], "losses": losses[name]} for name in VARIANTS}
-    tokens = {name: [tuple(b["input_ids"].shape) for b in bench.batches[name]] for name in VARIANTS}
-    gpu_memory = {name: peak_cuda[name] for name in VARIANTS}
-    del bench
-    if device.type == "cuda":
-        memory_kind = "peak torch.cuda.max_memory_allocated over the variant's steps (weights included)"
-        for name in VARIANTS:
-            results[name]["peak_memory_bytes"] = gpu_memory[name]
-    else:
-        memory_kind = "peak RSS of one training step in a fresh child process per variant (weights included)"
-        for name, peak in cpu_peak_memory(argv).items():
-            results[name]["peak_memory_bytes"] = peak["peak"]
-            results[name]["resting_memory_bytes"] = peak["resting"]
-
+    utterances = args.steps * batch_size
+    audio_seconds = float(sum(d.sum() for d in bench.durations[args.warmup :]))
+    results = {}
+    for name in VARIANTS:
+        total = totals[name]
+        results[name] = {
+            "utterances_per_s": utterances / total["wall"],
+            "audio_hours_per_hour": audio_seconds / total["wall"],
+            "wall_seconds": total["wall"],
+            "cpu_seconds": total["cpu"],
+            "peak_memory_bytes": total["peak"] or None,
+            "resting_memory_bytes": total["resting"],
+            "sequence_lengths": [b["input_ids"].shape[1] for b in bench.batches[name]],
+            "losses": total["losses"],
+        }
     ours, base = results["ours"], results["baseline"]
     speedup = ours["utterances_per_s"] / base["utterances_per_s"]
+    cpu_speedup = base["cpu_seconds"] / ours["cpu_seconds"]
     memory_ratio = base["peak_memory_bytes"] / ours["peak_memory_bytes"] if ours["peak_memory_bytes"] else float("nan")
-    rows = []
-    for name, label in (("ours", "ours (real length, LM head on labels)"), ("baseline", "baseline (30 s pad, full logits)")):
-        row = results[name]
-        step_memory = row["peak_memory_bytes"] - row.get("resting_memory_bytes", 0) if row["peak_memory_bytes"] else None
-        rows.append([label, f"{row['utterances_per_s']:.3f}", f"{row['audio_hours_per_hour']:.1f}",
-                     f"{gib(row['peak_memory_bytes']):.2f}" if row["peak_memory_bytes"] else "n/a",
-                     f"{gib(step_memory):.2f}" if device.type == "cpu" and step_memory else "-"])
-    depth = f"{args.encoder_layers} encoder + {args.llm_layers} LLM layers"
+
+    labels = {"ours": "ours (real length, LM head on labels)",
+              "baseline": f"baseline (30 s pad, {args.baseline_audio_tokens} audio tokens, full logits)"}
+    rows = [[labels[name], f"{r['utterances_per_s']:.3f}", f"{r['audio_hours_per_hour']:.1f}",
+             f"{gib(r['peak_memory_bytes']):.2f}" if r["peak_memory_bytes"] else "n/a",
+             f"{gib(r['peak_memory_bytes'] - r['resting_memory_bytes']):.2f}" if r["peak_memory_bytes"] else "n/a"]
+            for name, r in results.items()]
     name = f"train_throughput_{device.type}" + ("_full" if args.full_depth else "")
+    memory_kind = ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                   "peak RSS (VmHWM, reset via /proc/self/clear_refs after malloc_trim)")
     path = write_results(name, {
-        "title": f"Training throughput, {depth} at reference widths ({device.type}, {str(bench_dtype(args))})",
+        "title": f"Training throughput, {depth} at reference widths ({device.type}, {dtype})",
         "machine": machine_info(device),
-        "settings": {**{k: v for k, v in vars(args).items() if k != "memory_child"}, "dtype": bench_dtype(args),
-                     "batch_shapes": tokens},
+        "settings": {**vars(args), "dtype": dtype},
         "results": results,
         "speedup": speedup,
+        "cpu_time_speedup": cpu_speedup if device.type == "cpu" else None,
         "peak_memory_ratio": memory_ratio,
-        "tables": [{"title": "", "headers": ["variant", "utterances/s", "audio h / h", "peak memory GiB",
-                                             "step memory GiB (CPU: peak - resting)"], "rows": rows}],
+        "tables": [{"title": "", "rows": rows, "headers": [
+            "variant", "utterances/s", "audio h / h", "peak memory GiB", "step memory GiB (peak - before step)"]}],
         "notes": [
-            f"measured: speedup {speedup:.2f}x utterances/s, peak-memory ratio {memory_ratio:.2f}x (baseline / ours)",
-            f"measured: {args.steps} timed steps of batch {batch_size} per variant after {args.warmup} warm-up, "
-            "variants alternating in one process; random weights, reference widths, reduced depth"
-            if not args.full_depth else f"measured: full reference depth, {args.steps} timed steps of batch {batch_size}",
-            f"memory: {memory_kind}",
+            f"measured: speedup {speedup:.2f}x utterances/s (wall)"
+            + (f", {cpu_speedup:.2f}x by process CPU time" if device.type == "cpu" else "")
+            + f"; peak-memory ratio {memory_ratio:.2f}x (baseline / ours)",
+            f"measured: {args.steps} timed steps of batch {batch_size} per variant after {args.warmup} warm-up, variants "
+            f"alternating in one process; random weights at the reference widths, {depth}",
+            f"memory: {memory_kind} around each step, maximum over the variant's steps, weights included",
             "data: clip durations lognormal (mean 8.4 s, sigma 0.6, clipped to 1-30 s, seeded); transcripts 2.7 words/s "
-            "x 1.3 tokens/word as random token ids; batches in random (unsorted) order, ours padded to the longest clip",
-            "baseline: same model and weights, processor with pad_audio_to_30s (750 audio tokens), full-vocabulary "
-            "logits on every position then cross-entropy (use_cache=False)",
+            "x 1.3 tokens/word as random token ids; "
+            + ("batches grouped by duration as the trainer does (sorted pool of 50 batches)" if args.batching == "grouped"
+               else "random batches, ours padded to the longest clip of each"),
+            "baseline: same model and weights, processor with pad_audio_to_30s, "
+            + ("each of the 375 projected audio embeddings fed twice (750 LLM positions, as in the common 2x-pooled "
+               "design), " if args.baseline_audio_tokens == 750 else "375 audio tokens, ")
+            + "full-vocabulary logits on every position then cross-entropy (use_cache=False)",
         ],
     })
     print(f"results: {path}")
     print(f"speedup {speedup:.2f}x, peak-memory ratio {memory_ratio:.2f}x")
 
 
-def bench_dtype(args) -> str:
-    return str(resolve_dtype(args.dtype, torch.device(args.device))).removeprefix("torch.")
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -206,6 +206,8 @@ def test_random_model_without_rebuildable_bases_saves_everything(tmp_path, tiny_
     assert any(key.startswith("language_model.") for key in saved)
     reloaded = ASRModel.from_pretrained(tmp_path)
     torch.testing.assert_close(_outputs(reloaded, processor), _outputs(model, processor))
+    trainable = {name for name, p in reloaded.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("projector.") for name in trainable)
 
 
 def test_lora_adapters_are_saved_and_reloaded(tmp_path):

@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +153,18 @@ def test_ctc_warmup_then_lora_stage_from_an_earlier_checkpoint(tmp_path):
     for name, value in weights1.items():
         assert torch.equal(weights2[name], value), f"{name} changed although the projector was frozen"
     assert json.loads((stage2 / "config.json").read_text())["lora_rank"] == 4
+
+
+def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatch):
+    import hub_push
+
+    pushed = []
+    monkeypatch.setattr(hub_push, "push_to_hub", lambda folder, repo_id, **kwargs: pushed.append((Path(folder), repo_id)))
+    run(tmp_path, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_split_name", "",
+        "--push_to_hub", "--hub_model_id", "me/tiny-audio-test")
+    assert pushed == [(tmp_path / "checkpoint-2", "me/tiny-audio-test"), (tmp_path / "checkpoint-4", "me/tiny-audio-test"),
+                      (tmp_path, "me/tiny-audio-test")]
+    assert not (tmp_path / "checkpoint-4" / "README.md").exists()  # the Trainer's own upload path was not used
 
 
 @pytest.mark.slow
