@@ -9,11 +9,12 @@ import time
 
 import jiwer
 import numpy as np
-from transformers import pipeline
+import torch
+from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from asr_data import SkipCounter, open_dataset, scan
-from configuration_asr import SAMPLING_RATE
+from configuration_asr import SAMPLING_RATE, from_pretrained_or_mirror
 from pipeline_asr import ASRPipeline
 from processing_asr import load_audio
 
@@ -49,9 +50,24 @@ def evaluate_model(model, processor, examples, batch_size: int = 8) -> dict:
     }
 
 
+def evaluate_whisper(model_id: str, examples, batch_size: int = 16) -> dict:
+    """The same scoring for a plain Whisper checkpoint with its own decoder (the baseline our encoder comes from)."""
+    processor = from_pretrained_or_mirror(WhisperProcessor, model_id)
+    model = from_pretrained_or_mirror(WhisperForConditionalGeneration, model_id).eval()
+    hypotheses = []
+    for start in range(0, len(examples), batch_size):
+        clips = [load_audio(example["audio"]) for example in examples[start : start + batch_size]]
+        features = processor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+        with torch.no_grad():
+            hypotheses += processor.batch_decode(model.generate(features), skip_special_tokens=True)
+    return {"wer": word_error_rate([e["text"] for e in examples], hypotheses), "samples": len(examples),
+            "hypotheses": hypotheses}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder or Hub id")
+    parser.add_argument("--whisper", action="store_true", help="--model is a plain Whisper checkpoint (baseline)")
     parser.add_argument("--dataset_name", required=True, help="Hub dataset id or local audiofolder")
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--split", default="test")
@@ -62,12 +78,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--show", type=int, default=5, help="print this many reference/hypothesis pairs")
     args = parser.parse_args(argv)
 
-    asr = pipeline("automatic-speech-recognition", model=args.model, trust_remote_code=True)
     dataset = open_dataset(
         args.dataset_name, args.dataset_config_name, args.split, args.audio_column_name, args.text_column_name, False
     )
-    examples = scan(dataset, SkipCounter(f"{args.dataset_name}:{args.split}", 1.0), 30.0, args.max_samples)
-    result = evaluate_model(asr.model, asr.processor, list(examples), args.batch_size)
+    examples = list(scan(dataset, SkipCounter(f"{args.dataset_name}:{args.split}", 1.0), 30.0, args.max_samples))
+    if args.whisper:
+        result = evaluate_whisper(args.model, examples, args.batch_size)
+    else:
+        asr = pipeline("automatic-speech-recognition", model=args.model, trust_remote_code=True)
+        result = evaluate_model(asr.model, asr.processor, examples, args.batch_size)
     for example, hypothesis in list(zip(examples, result["hypotheses"]))[: args.show]:
         print(f"REF: {example['text']}\nHYP: {hypothesis}\n")
     summary = {key: value for key, value in result.items() if key != "hypotheses"}

@@ -3,15 +3,9 @@
     python hub_push.py outputs/run/checkpoint-1000 --repo-id me/tiny-audio [--private] [--revision BRANCH]
         [--commit-message MSG] [--create-pr] [--license apache-2.0] [--dry-run --export-dir DIR]
 
-1. `assemble` copies into a fresh folder only what the model repo needs: `config.json`, the code files its `auto_map`
-   and `custom_pipelines` name (and what those import relatively), the safetensors weights (never pickles), the
-   processor / tokenizer / chat template / generation config files, and writes a model card from the checkpoint's own
-   files (config, `training_run.json`, eval results, `trainer_state.json`).
-2. `verify` loads that folder with `pipeline("automatic-speech-recognition", trust_remote_code=True)` in a fresh
-   process, outside the project, and transcribes a tone. Nothing is uploaded unless this passes.
-3. `upload` creates the repo if needed and uploads the folder in one commit, retrying transient errors.
-
-The checkpoint folder is only read.
+`assemble` copies only what the model repo needs into a fresh folder and writes a model card from the checkpoint's
+own files; `verify` loads that folder with `pipeline(..., trust_remote_code=True)` in a fresh process outside the
+project; only then does `upload` push it in one commit. The checkpoint folder is only read.
 """
 
 from __future__ import annotations
@@ -58,16 +52,11 @@ class VerificationError(HubPushError):
 
 
 def _read_json(path: Path) -> dict | None:
-    """The JSON object in `path`, or None when there is no such file."""
-    if not path.is_file():
-        return None
+    """The JSON in `path`, or None when there is no such file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except ValueError as error:
         raise HubPushError(f"{path} is not valid JSON ({error})") from error
-    if not isinstance(data, dict):
-        raise HubPushError(f"{path} should hold a JSON object, not {type(data).__name__}")
-    return data
 
 
 def _eval_metrics(data: dict | None) -> dict:
@@ -83,21 +72,11 @@ class Checkpoint:
 
     folder: Path
     config: dict
+    step: int | None = None  # N of a `checkpoint-N` folder, whose output dir is its parent
     run_record: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)  # eval_* metrics of these weights
     results_source: str | None = None
-    global_step: int | None = None
-    max_steps: int | None = None
     notes: list[str] = field(default_factory=list)  # what was left out or taken from elsewhere, for the user
-
-    @property
-    def step(self) -> int | None:
-        match = re.fullmatch(r"checkpoint-(\d+)", self.folder.name)
-        return int(match.group(1)) if match else None
-
-    @property
-    def output_dir(self) -> Path | None:
-        return self.folder.parent if self.step is not None else None
 
     @classmethod
     def read(cls, folder: str | Path) -> Checkpoint:
@@ -108,16 +87,32 @@ class Checkpoint:
         config = _read_json(folder / "config.json")
         if config is None:
             raise HubPushError(f"{folder} has no config.json: pass a model folder or a Trainer checkpoint-N folder")
-        checkpoint = cls(folder, config)
-        places = [folder, checkpoint.output_dir] if checkpoint.output_dir else [folder]
+        match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+        checkpoint = cls(folder, config, step=int(match[1]) if match else None)
+        places = [folder] if match is None else [folder, folder.parent]  # then the checkpoint's output dir
         checkpoint.run_record = next(filter(None, (_read_json(place / RUN_RECORD) for place in places)), {})
-        state = next(filter(None, (_read_json(place / TRAINER_STATE) for place in places)), {})
-        checkpoint.global_step, checkpoint.max_steps = state.get("global_step"), state.get("max_steps")
-        if checkpoint.step is not None:  # the Trainer names checkpoints by their step
-            checkpoint.global_step = checkpoint.step
-        if not checkpoint._take_results(folder) and checkpoint.output_dir:
-            checkpoint._take_output_dir_results()
+        checkpoint._find_results()
         return checkpoint
+
+    def _find_results(self) -> None:
+        """The folder's own results files; for `checkpoint-N` next the output dir's final results when its trainer
+        state ties them to step N, else the checkpoint's own eval at step N."""
+        if self._take_results(self.folder) or self.step is None:
+            return
+        output_dir = self.folder.parent
+        final = _read_json(output_dir / TRAINER_STATE) or {}
+        final_step, best = final.get("global_step"), final.get("best_model_checkpoint")
+        if final_step == self.step and Path(best or self.folder).name == self.folder.name:
+            if self._take_results(output_dir):
+                return
+        elif any((output_dir / name).is_file() for name in RESULTS_FILES):
+            best = f", best {Path(best).name}" if best else ""
+            self.notes.append(f"left the output dir's eval results out of the card: they are of the final model "
+                              f"(step {final_step}{best}), not of step {self.step}")
+        log = (_read_json(self.folder / TRAINER_STATE) or {}).get("log_history", [])
+        self.results = _eval_metrics({key: value for entry in log if entry.get("step") == self.step
+                                      for key, value in entry.items()})
+        self.results_source = f"{TRAINER_STATE} (eval at step {self.step})"
 
     def _take_results(self, place: Path) -> bool:
         for name in RESULTS_FILES:
@@ -128,34 +123,18 @@ class Checkpoint:
                 return True
         return False
 
-    def _take_output_dir_results(self) -> None:
-        """The output dir's final results if its trainer state ties them to step N, else the eval at step N."""
-        final = _read_json(self.output_dir / TRAINER_STATE) or {}
-        best = Path(final.get("best_model_checkpoint") or self.folder).name
-        if final.get("global_step") == self.step and best == self.folder.name:
-            if self._take_results(self.output_dir):
-                return
-        elif any((self.output_dir / name).is_file() for name in RESULTS_FILES):
-            self.notes.append(f"left the output dir's eval results out of the card: its {TRAINER_STATE} (step "
-                              f"{final.get('global_step')}, best model {best}) does not tie them to {self.folder.name}")
-        log = (_read_json(self.folder / TRAINER_STATE) or {}).get("log_history", [])
-        self.results = _eval_metrics({key: value for entry in log if entry.get("step") == self.step
-                                      for key, value in entry.items()})
-        self.results_source = f"{TRAINER_STATE} (eval at step {self.step})"
-
 
 def _code_references(data, where: str):
     """(`module.Class`, where it is named) for each `auto_map` entry and custom pipeline `impl` in a JSON tree."""
-    for key, value in data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ():
+    if isinstance(data, list):
+        data = dict(enumerate(data))
+    for key, value in data.items() if isinstance(data, dict) else ():
         if key == "auto_map" and isinstance(value, dict):
-            for auto_class, references in value.items():
-                for reference in references if isinstance(references, list) else [references]:
-                    if isinstance(reference, str):
-                        yield reference, f"{where} auto_map {auto_class}"
+            yield from ((reference, f"{where} auto_map {auto_class}") for auto_class, references in value.items()
+                        for reference in (references if isinstance(references, list) else [references]) if reference)
         elif key == "custom_pipelines" and isinstance(value, dict):
-            for task, spec in value.items():
-                if isinstance(spec, dict) and isinstance(spec.get("impl"), str):
-                    yield spec["impl"], f"{where} custom_pipelines {task}"
+            yield from ((spec["impl"], f"{where} custom_pipelines {task}")
+                        for task, spec in value.items() if "impl" in spec)
         else:
             yield from _code_references(value, where)
 
@@ -168,48 +147,33 @@ def code_files(folder: Path, json_files: dict[str, dict]) -> list[str]:
         for reference, where in _code_references(data, json_name):
             if "--" not in reference:
                 named.setdefault(reference.rsplit(".", 1)[0].replace(".", "/") + ".py", f"{where} ({reference})")
-    files = []
     for name, why in named.items():
         if not (folder / name).is_file():
             raise HubPushError(f"checkpoint {folder} is missing the code file {name}, named by {why}")
+    files = list(named)
+    for name in named:
         try:
-            imported = [Path(path).name for path in get_relative_import_files(folder / name)]
+            files += [Path(path).name for path in get_relative_import_files(folder / name)]
         except FileNotFoundError as error:
             raise HubPushError(f"checkpoint {folder} is missing the code file {Path(error.filename).name}, "
                                f"imported by {name}") from error
-        files = list(dict.fromkeys([*files, name, *imported]))
-    return files
+    return list(dict.fromkeys(files))
 
 
 def weight_files(folder: Path) -> list[str]:
-    """`model.safetensors`, or its index and every shard; refuses pickled, missing or truncated weights."""
-    index_name = "model.safetensors.index.json"
-    if (folder / "model.safetensors").is_file():
-        index, shards = [], ["model.safetensors"]
-    elif (folder / index_name).is_file():
-        index, shards = [index_name], sorted(set((_read_json(folder / index_name).get("weight_map") or {}).values()))
-    elif pickles := sorted(path.name for path in folder.glob("pytorch_model*.bin")):
-        raise HubPushError(f"checkpoint {folder} has only pickled weights ({', '.join(pickles)}); only safetensors "
-                           "are published: load the model and save it again with save_pretrained")
-    else:
-        raise HubPushError(f"checkpoint {folder} has no weights file (model.safetensors or {index_name})")
-    if not shards:
-        raise HubPushError(f"{folder / index_name} lists no weight files")
-    for shard in shards:
-        if not (folder / shard).is_file():
-            raise HubPushError(f"checkpoint {folder} is missing the weight file {shard} listed in {index_name}")
-        try:
-            with safe_open(folder / shard, framework="np"):
-                pass
-        except Exception as error:
-            raise HubPushError(f"{folder / shard} is truncated or not a safetensors file ({error})") from error
-    return index + shards
-
-
-def processor_files(folder: Path) -> list[str]:
-    """The processor, tokenizer and chat template files `save_pretrained` wrote into `folder`."""
-    names = [name for name in PROCESSOR_FILES if (folder / name).is_file()]
-    return names + [str(path.relative_to(folder)) for path in sorted(folder.glob("additional_chat_templates/*.jinja"))]
+    """`model.safetensors`; pickled, missing or truncated weights are refused (a model this size is not sharded)."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        if pickles := ", ".join(sorted(path.name for path in folder.glob("pytorch_model*.bin"))):
+            raise HubPushError(f"checkpoint {folder} has only pickled weights ({pickles}); only safetensors are "
+                               "published: load the model and save it again with save_pretrained")
+        raise HubPushError(f"checkpoint {folder} has no weights file (model.safetensors)")
+    try:
+        with safe_open(weights, framework="np"):
+            pass
+    except Exception as error:
+        raise HubPushError(f"{weights} is truncated or not a safetensors file ({error})") from error
+    return [weights.name]
 
 
 def _datasets(part: dict, folder: Path) -> tuple[str | None, list[str]]:
@@ -225,11 +189,32 @@ def _datasets(part: dict, folder: Path) -> tuple[str | None, list[str]]:
 
 
 def _pairs(mapping: dict, skip: str = "") -> str:
+    """`key value, ...` of a dict, without None values."""
     return ", ".join(f"{key} {value}" for key, value in mapping.items() if key != skip and value is not None)
 
 
 def _cell(value) -> str:
+    """A table cell: strings as code, a dash for None."""
     return "—" if value is None else f"`{value}`" if isinstance(value, str) else str(value)
+
+
+def _table(header: tuple[str, ...], *rows: tuple) -> list[str]:
+    """Markdown table lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
+def _base_model(config: dict, part: str, keys: tuple[str, ...]) -> str:
+    """The audio or text base model: its Hub id or the seed of its random weights, then its shape."""
+    model_id, revision, seed = (config.get(f"{part}_model_id"), config.get(f"{part}_model_revision"),
+                                config.get("base_seed"))
+    if model_id:
+        source = f"`{model_id}`" + (f" (revision `{revision}`)" if revision else "")
+    else:
+        source = "random weights" + (f" from seed {seed}" if seed is not None else "") + " (a smoke-test base)"
+    sub_config = config.get(f"{part}_config") or {}
+    details = [sub_config.get("model_type")] + [f"{key} {sub_config[key]}" for key in keys if key in sub_config]
+    return f"{source} — {', '.join(filter(None, details))}"
 
 
 def render_model_card(checkpoint: Checkpoint, *, repo_id: str | None = None, license: str | None = "apache-2.0",
@@ -238,8 +223,9 @@ def render_model_card(checkpoint: Checkpoint, *, repo_id: str | None = None, lic
     config, record, results = checkpoint.config, checkpoint.run_record, checkpoint.results
     data = record.get("data") or {}
     train, evaluation = data.get("train") or {}, data.get("eval") or {}
-    (train_label, train_ids), (eval_label, eval_ids) = (_datasets(part, checkpoint.folder) for part in (train, evaluation))
-    audio_id, text_id, seed = config.get("audio_model_id"), config.get("text_model_id"), config.get("base_seed")
+    train_label, train_ids = _datasets(train, checkpoint.folder)
+    eval_label, eval_ids = _datasets(evaluation, checkpoint.folder)
+    base_ids = [config.get(f"{part}_model_id") for part in ("audio", "text")]
     title = repo_id.split("/")[-1] if repo_id else checkpoint.folder.name
     wer, split = results.get("eval_wer"), evaluation.get("split")
     samples = results.get("eval_wer_samples", results.get("eval_samples", evaluation.get("samples")))
@@ -255,87 +241,70 @@ def render_model_card(checkpoint: Checkpoint, *, repo_id: str | None = None, lic
     model_types = [(config.get(f"{part}_config") or {}).get("model_type") for part in ("audio", "text")]
     metadata = ModelCardData(
         license=license or None, language=[language] if language else None, library_name="transformers",
-        pipeline_tag="automatic-speech-recognition", base_model=[i for i in (audio_id, text_id) if i] or None,
+        pipeline_tag="automatic-speech-recognition", base_model=list(filter(None, base_ids)) or None,
         datasets=list(dict.fromkeys(train_ids + eval_ids)) or None,
         tags=list(dict.fromkeys(["tiny-audio", "speech-llm", "custom_code", *filter(None, model_types)])),
         model_name=title if eval_results else None, eval_results=eval_results)
 
-    def base(role: str, part: str, keys: tuple[str, ...]) -> str:
-        model_id, revision = config.get(f"{part}_model_id"), config.get(f"{part}_model_revision")
-        source = f"`{model_id}`" + (f" (revision `{revision}`)" if revision else "") if model_id else (
-            "random weights" + (f" from seed {seed}" if seed is not None else "") + " (a smoke-test base)")
-        sub_config = config.get(f"{part}_config") or {}
-        details = [sub_config.get("model_type")] + [f"{key} {sub_config[key]}" for key in keys if key in sub_config]
-        return f"- **{role}**: {source} — {', '.join(filter(None, details))}"
-
+    architecture = {
+        "Audio encoder": _base_model(config, "audio", ("d_model", "encoder_layers")),
+        "Projector": "trained" + (f", hidden size {config['projector_hidden_size']}"
+                                  if config.get("projector_hidden_size") else ""),
+        "Language model": _base_model(config, "text", ("hidden_size", "num_hidden_layers", "vocab_size")),
+        "LoRA adapters": config.get("lora_rank") and (
+            f"on the language model, rank {config['lora_rank']}, alpha {config.get('lora_alpha')}, modules "
+            f"{', '.join(config.get('lora_target_modules') or [])}"),
+        "Trainable parameters": record.get("trainable_parameters") and f"{record['trainable_parameters']:,}",
+        "Weights in this repo": config.get("trained_weights_only") and (
+            "only the trained ones; on loading, each base model is downloaded from its Hub id (network or a local "
+            "cache) or, without one, rebuilt from the seed"),
+    }
+    training = {
+        "Preset": record.get("preset") and f"`{record['preset']}`",
+        "Stages": "; ".join(f"{stage['stage']} ({_pairs(stage, 'stage')})" for stage in record.get("stages") or []),
+        "Checkpoint": checkpoint.step is not None and f"after {checkpoint.step} optimizer steps",
+    }
     lines = [
         f"# {title}", "",
         "A speech recognition model built with Tiny Audio: a Whisper audio encoder feeds a trained projector, whose "
         "output embeddings take the place of audio placeholder tokens in the prompt of a decoder-only language model "
         "that writes the transcript.", "", "## Architecture", "",
-        base("Audio encoder", "audio", ("d_model", "encoder_layers")),
-        "- **Projector**: trained" + (f", hidden size {config['projector_hidden_size']}"
-                                      if config.get("projector_hidden_size") else ""),
-        base("Language model", "text", ("hidden_size", "num_hidden_layers", "vocab_size")),
+        *(f"- **{name}**: {value}" for name, value in architecture.items() if value), "", "## Training", "",
+        *([] if record else [f"No training record (`{RUN_RECORD}`) came with this checkpoint."]),
+        *(f"- **{name}**: {value}" for name, value in training.items() if value),
     ]
-    if config.get("lora_rank"):
-        lines.append(f"- **LoRA adapters** on the language model: rank {config['lora_rank']}, alpha "
-                     f"{config.get('lora_alpha')}, modules {', '.join(config.get('lora_target_modules') or [])}")
-    if record.get("trainable_parameters") is not None:
-        lines.append(f"- **Trainable parameters**: {record['trainable_parameters']:,}")
-    if config.get("trained_weights_only"):
-        sources = (["downloaded from their Hub ids (network access or a local Hugging Face cache)"]
-                   if audio_id or text_id else []) + ([f"rebuilt from seed {seed}"] if not (audio_id and text_id) else [])
-        lines.append(f"- **Weights in this repo**: only the trained ones; the base models are {' or '.join(sources)} "
-                     "when the model loads.")
-
-    lines += ["", "## Training", ""]
-    if not record:
-        lines.append(f"No training record (`{RUN_RECORD}`) came with this checkpoint.")
-    if record.get("preset"):
-        lines.append(f"- **Preset**: `{record['preset']}`")
-    if record.get("stages"):
-        stages = [f"{stage['stage']} ({_pairs(stage, skip='stage')})" for stage in record["stages"]]
-        lines.append(f"- **Stages**: {'; '.join(stages)}")
-    if checkpoint.global_step is not None:
-        of = f" of {checkpoint.max_steps}" if checkpoint.max_steps not in (None, checkpoint.global_step) else ""
-        lines.append(f"- **Optimizer steps**: {checkpoint.global_step}{of}")
     for role, part, label in (("Training data", train, train_label), ("Evaluation data", evaluation, eval_label)):
         if part:
-            cells = (label, part.get("config"), part.get("split"), part.get("samples"))
-            lines += ["", f"### {role}", "", "| dataset | config | split | samples |", "|---|---|---|---|",
-                      "| " + " | ".join(map(_cell, cells)) + " |"]
+            row = tuple(map(_cell, (label, part.get("config"), part.get("split"), part.get("samples"))))
+            lines += ["", f"### {role}", "", *_table(("dataset", "config", "split", "samples"), row)]
             if part.get("skipped"):
                 seen = f" of {part['seen']} seen" if part.get("seen") is not None else ""
                 lines += ["", f"Examples skipped while loading{seen}: {_pairs(part['skipped'])}."]
     if record.get("hyperparameters"):
-        lines += ["", "### Hyperparameters", "", "| name | value |", "|---|---|"]
-        lines += [f"| {key} | {_cell(value)} |" for key, value in record["hyperparameters"].items()]
+        rows = ((key, _cell(value)) for key, value in record["hyperparameters"].items())
+        lines += ["", "### Hyperparameters", "", *_table(("name", "value"), *rows)]
 
     lines += ["", "## Results", ""]
     if results:
         where = f" on {eval_label}" + (f" ({split} split)" if split else "") if eval_label else ""
+        rows = ((key, f"{value:.4g}" if isinstance(value, float) else value) for key, value in results.items())
         lines += [f"Measured{where} by the training run, from `{checkpoint.results_source}`:", "",
-                  "| metric | value |", "|---|---|"]
-        lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-                  for key, value in results.items()]
+                  *_table(("metric", "value"), *rows)]
     else:
         lines.append("No evaluation results came with this checkpoint.")
-
-    measured = (f"- Measured on {eval_label} only" + (f" ({samples} samples)" if samples else "") +
-                "; accuracy on other speakers, domains, accents, noise or languages is unknown."
-                if results and eval_label else "- No evaluation on a named dataset came with this checkpoint.")
     lines += [
         "", "## Usage", "", "```python", "from transformers import pipeline", "",
         f'asr = pipeline("automatic-speech-recognition", model="{repo_id or "OWNER/NAME"}", trust_remote_code=True)',
         'print(asr("speech.wav")["text"])  # a file path, or a 16 kHz numpy array', "```",
         "", "## Limitations", "",
-        "- Loading runs the Python code in this repo (`trust_remote_code=True`); review it before use.", measured,
+        "- Loading runs the Python code in this repo (`trust_remote_code=True`); review it before use.",
     ]
+    if results and eval_label:
+        lines.append(f"- Measured on {eval_label} only" + (f" ({samples} samples)" if samples else "")
+                     + "; accuracy on other speakers, domains, accents, noise or languages is unknown.")
     if train_label:
-        lines.append(f"- Trained on {train_label}" + (f" ({train['samples']} samples)" if train.get("samples") else "")
-                     + "; expect errors on speech unlike it.")
-    if not (audio_id and text_id):
+        lines.append(f"- Trained on {train_label}; expect errors on speech unlike it.")
+    if not all(base_ids):
         lines.append("- A base model here is random, not pretrained: this model is for testing the code path only.")
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
@@ -349,16 +318,12 @@ class Assembly:
     checkpoint: Checkpoint
     verified: dict | None = None
 
-    @property
-    def notes(self) -> list[str]:
-        return self.checkpoint.notes
-
 
 def assemble(checkpoint_dir: str | Path, export_dir: str | Path, *, repo_id: str | None = None,
              license: str = "apache-2.0", language: str | None = "en") -> Assembly:
     """Copies what the model repo needs from `checkpoint_dir` into the new or empty `export_dir`, and writes the card.
 
-    A `checkpoint-N` folder without processor files takes them from its output dir.
+    Raises `HubPushError` for missing or pickled weights, a missing code file, or an export dir in the way.
     """
     source, export_dir = Path(checkpoint_dir), Path(export_dir)
     checkpoint = Checkpoint.read(source)
@@ -368,22 +333,15 @@ def assemble(checkpoint_dir: str | Path, export_dir: str | Path, *, repo_id: str
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise HubPushError(f"export dir {export_dir} exists and is not empty: choose a new or empty folder")
 
-    processor_source = source
-    if not processor_files(source) and checkpoint.output_dir and processor_files(checkpoint.output_dir):
-        processor_source = checkpoint.output_dir
-        checkpoint.notes.append(f"processor and tokenizer files taken from the output dir {processor_source}")
-    processor_names = processor_files(processor_source)
-    json_files = {"config.json": checkpoint.config}
-    json_files |= {name: _read_json(processor_source / name) for name in processor_names if name.endswith(".json")}
-    model_names = ["config.json", *code_files(source, json_files), *weight_files(source)]
-    model_names += ["generation_config.json"] if (source / "generation_config.json").is_file() else []
-    plan = [(name, source) for name in model_names] + [(name, processor_source) for name in processor_names]
-
-    for name, folder in plan:
+    processor_names = [name for name in PROCESSOR_FILES if (source / name).is_file()]
+    json_files = {name: _read_json(source / name) for name in ["config.json", *processor_names] if ".json" in name}
+    files = ["config.json", *code_files(source, json_files), *weight_files(source), *processor_names]
+    files += ["generation_config.json"] if (source / "generation_config.json").is_file() else []
+    for name in files:
         (export_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / name, export_dir / name)
+        shutil.copyfile(source / name, export_dir / name)
     render_model_card(checkpoint, repo_id=repo_id, license=license, language=language).save(export_dir / "README.md")
-    return Assembly(export_dir, sorted(name for name, _ in plan), checkpoint)
+    return Assembly(export_dir, sorted(files), checkpoint)
 
 
 VERIFY_SCRIPT = r"""
@@ -408,18 +366,15 @@ impl = json.load(open(f"{folder}/config.json")).get("custom_pipelines", {}).get(
 if impl.get("impl") and type(asr).__name__ != impl["impl"].rsplit(".", 1)[-1]:
     raise TypeError(f"pipeline() built {type(asr).__name__}, not the model's own {impl['impl']}")
 text = asr((0.3 * np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)).astype(np.float32))["text"]
-if not isinstance(text, str):
-    raise TypeError(f"the pipeline returned {text!r} as text")
-print("HUB_PUSH_RESULT " + json.dumps({"text": text}))
+print("HUB_PUSH_RESULT " + json.dumps({"text": str(text)}))
 """
 
 
 def verify(export_dir: str | Path, *, timeout: float = 1800) -> dict:
     """Loads `export_dir` with `pipeline(..., trust_remote_code=True)` in a fresh process and transcribes a tone.
 
-    The process runs in an empty directory, without PYTHONPATH, with a private module cache, and with the folder's
-    and this project's module names blocked, so the folder's code must work from the folder alone. Returns {"text"};
-    raises `VerificationError` with the end of the process's stderr.
+    The process runs in an empty directory without PYTHONPATH, a private module cache, and the folder's and this
+    project's module names blocked, so the code must work from the folder alone. Returns {"text"}.
     """
     folder = Path(export_dir).resolve()
     modules = sorted({path.stem for path in [*folder.glob("*.py"), *Path(__file__).resolve().parent.glob("*.py")]})
@@ -481,12 +436,9 @@ def _explain(error: BaseException, repo_id: str, attempts: int) -> str:
     status = _status(error)
     if isinstance(error, OfflineModeIsEnabled):
         return "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset HF_HUB_OFFLINE and run again"
-    if status == 401 and not isinstance(error, RepositoryNotFoundError):
-        return ("the Hugging Face Hub rejected the token (401 Unauthorized): it is invalid or expired; "
-                "run `hf auth login` or set HF_TOKEN to a valid token with write access")
-    if status == 403 or isinstance(error, RepositoryNotFoundError):
-        return (f"no permission to write to {repo_id} ({status}): check --repo-id and use a token with write access "
-                f"to {repo_id.split('/')[0]} (`hf auth login` or HF_TOKEN; https://huggingface.co/settings/tokens)")
+    if status in (401, 403) or isinstance(error, RepositoryNotFoundError):  # 401: invalid token; 403: read-only
+        return (f"no permission to write to {repo_id} ({status}): the token is invalid or has no write access to "
+                f"{repo_id.split('/')[0]}; check --repo-id, then run `hf auth login` or set HF_TOKEN to a write token")
     if status in RETRY_STATUS:
         return f"the Hugging Face Hub kept failing ({status}) after {attempts} attempts: try again later"
     if _is_network_error(error):
@@ -580,7 +532,7 @@ def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time
     except OSError as error:  # an unreadable checkpoint file or a full disk
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    for note in assembly.notes:
+    for note in assembly.checkpoint.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"verified: pipeline loads from a fresh process and transcribed a test tone as {assembly.verified['text']!r}")
     if args.dry_run:

@@ -99,13 +99,22 @@ def measure(build_name, model, processor, args, device) -> list[dict]:
 
 def load_tiny(device, dtype):
     """The `tiny` preset with real weights, or None (with the reason printed) when they cannot be loaded."""
-    try:
-        from presets import build
+    import huggingface_hub
 
+    from configuration_asr import mirror_root
+    from presets import PRESETS, build
+
+    ids = [PRESETS["tiny"].config[key] for key in ("audio_model_id", "text_model_id")]
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE
+    if all((mirror_root() / model_id).is_dir() for model_id in ids):
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # the local mirror is there: no minutes of Hub retries
+    try:
         model, processor = build("tiny")
     except Exception as error:  # no Hub access and no offline mirror: skip, don't fail the benchmark
         print(f"skipping the tiny preset: cannot load its base models ({type(error).__name__}: {error})".splitlines()[0])
         return None
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = offline
     model.audio_encoder.to(dtype)
     model.language_model.to(dtype)
     return model.to(device), processor
