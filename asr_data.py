@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Audio, Dataset, IterableDataset, interleave_datasets, load_dataset
+from datasets import Audio, Dataset, interleave_datasets, load_dataset
 from tqdm.auto import tqdm
 
 from configuration_asr import SAMPLING_RATE

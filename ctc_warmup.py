@@ -25,13 +25,15 @@ class EmbeddingCTCHead(nn.Module):
 
     def __init__(self, token_embeddings: torch.Tensor, init_scale: float = 10.0):
         super().__init__()
-        self.register_buffer("classes", nn.functional.normalize(token_embeddings.float(), dim=-1))
+        # bfloat16 similarities: ample precision for cosines, and ~3x faster on CPUs with avx512_bf16 and on GPUs
+        self.register_buffer("classes", nn.functional.normalize(token_embeddings.float(), dim=-1).bfloat16())
         self.blank = nn.Parameter(torch.randn(token_embeddings.shape[1]) * 0.02)
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        classes = torch.cat([nn.functional.normalize(self.blank, dim=-1)[None], self.classes])
-        return self.log_scale.exp() * nn.functional.normalize(hidden_states.float(), dim=-1) @ classes.T
+        classes = torch.cat([nn.functional.normalize(self.blank, dim=-1).bfloat16()[None], self.classes])
+        scaled = nn.functional.normalize(hidden_states.float(), dim=-1) * self.log_scale.exp()
+        return (scaled.bfloat16() @ classes.T).float()
 
 
 class CTCWarmup:

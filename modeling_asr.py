@@ -16,10 +16,22 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import cached_file, logging
 
 try:
-    from .configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, ASRConfig, conv_output_length, from_pretrained_or_mirror
+    from .configuration_asr import (
+        HOP_LENGTH,
+        MAX_FEATURE_FRAMES,
+        ASRConfig,
+        conv_output_length,
+        from_pretrained_or_mirror,
+    )
     from .pipeline_asr import ASRPipeline  # noqa: F401  (ships with the model; saved beside it)
 except ImportError:
-    from configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, ASRConfig, conv_output_length, from_pretrained_or_mirror
+    from configuration_asr import (
+        HOP_LENGTH,
+        MAX_FEATURE_FRAMES,
+        ASRConfig,
+        conv_output_length,
+        from_pretrained_or_mirror,
+    )
     from pipeline_asr import ASRPipeline  # noqa: F401
 
 logger = logging.get_logger(__name__)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from datasets.distributed import split_dataset_by_node
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 import hub_push
@@ -229,7 +230,8 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
     return model, processor
 
 
-def load_split(data_args: DataArguments, split: str, seed: int, max_samples: int | None, streaming: bool):
+def load_split(data_args: DataArguments, split: str, seed: int, max_samples: int | None, streaming: bool,
+               rank: int = 0, world_size: int = 1):
     counter = SkipCounter(f"{data_args.dataset_name}:{split}", data_args.max_bad_fraction)
     dataset = open_mixture(
         data_args.dataset_name.split(","),
@@ -242,6 +244,8 @@ def load_split(data_args: DataArguments, split: str, seed: int, max_samples: int
         streaming=streaming,
     )
     if streaming:
+        if world_size > 1:  # each rank reads its own shard of the stream
+            dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         return dataset.take(max_samples) if max_samples else dataset, counter
     return scan(dataset, counter, data_args.max_duration_in_seconds, max_samples), counter
 
@@ -263,8 +267,11 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = build_model(model_args)
     logger.info(f"trainable parameters: {trainable_parameters(model):,}")
     train_data, train_counter = load_split(
-        data_args, data_args.train_split_name, training_args.seed, data_args.max_train_samples, data_args.streaming
+        data_args, data_args.train_split_name, training_args.seed, data_args.max_train_samples, data_args.streaming,
+        training_args.process_index, training_args.world_size,
     )
+    if data_args.streaming and training_args.world_size > 1:
+        training_args.accelerator_config.dispatch_batches = False  # ranks read their own shards
     eval_data = None
     if data_args.eval_split_name:
         eval_data, _ = load_split(data_args, data_args.eval_split_name, training_args.seed, data_args.max_eval_samples, False)

@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 from transformers import WhisperFeatureExtractor  # noqa: E402
 
-from configuration_asr import SAMPLING_RATE, ASRConfig  # noqa: E402
+from configuration_asr import MAX_FEATURE_FRAMES, SAMPLING_RATE, ASRConfig  # noqa: E402
 from modeling_asr import ASRModel  # noqa: E402
 from presets import build_offline_tokenizer  # noqa: E402
 from processing_asr import IGNORE_INDEX, ASRProcessor  # noqa: E402
@@ -100,10 +100,29 @@ def with_targets(batch, targets: list[list[int]], end_id: int, pad_id: int) -> d
     }
 
 
-def training_batch(processor: ASRProcessor, clips, targets, device) -> dict:
+def bucket_frames(batch, multiple: int):
+    """Zero-pads the mel frames of a batch up to a multiple of `multiple` (mask 0 there); 0 leaves it as it is.
+
+    The model masks padded frames, so outputs do not change; fewer distinct input shapes do (what a processor option
+    `pad_to_multiple_of` would do). Used to measure the cost of new shapes (cuDNN plans per convolution shape on CUDA).
+    """
+    frames = batch["input_features"].shape[-1]
+    padding = min(MAX_FEATURE_FRAMES, -(-frames // multiple) * multiple) - frames if multiple else 0
+    if padding <= 0:
+        return batch
+    return {
+        **batch,
+        "input_features": nn.functional.pad(batch["input_features"], (0, padding)),
+        "input_features_mask": nn.functional.pad(batch["input_features_mask"], (0, padding)),
+    }
+
+
+def training_batch(processor: ASRProcessor, clips, targets, device, frame_bucket: int = 0) -> dict:
     """Model inputs with labels for a list of clips and their transcript ids, on `device`."""
-    batch = with_targets(processor(audio=list(clips)), targets, processor.end_of_turn_token_id, processor.tokenizer.pad_token_id)
-    return {key: value.to(device) for key, value in batch.items()}
+    batch = with_targets(
+        processor(audio=list(clips)), targets, processor.end_of_turn_token_id, processor.tokenizer.pad_token_id
+    )
+    return {key: value.to(device) for key, value in bucket_frames(batch, frame_bucket).items()}
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -322,14 +341,26 @@ def render_result(result: dict) -> str:
     where = f"{machine.get('cpu', '?')}, {machine.get('cpu_cores', '?')} cores"
     if machine.get("gpu"):
         where = f"{machine['gpu']} ({machine.get('gpu_memory_gib', '?')} GiB); host CPU {where}"
-    parts = [f"### {result['title']}", "", f"Measured {machine.get('date', '?')} on {where}; "
-             f"torch {machine.get('torch', '?')}, transformers {machine.get('transformers', '?')}.", ""]
+    parts = [
+        f"### {result['title']}",
+        "",
+        f"Measured {machine.get('date', '?')} on {where}; "
+        f"torch {machine.get('torch', '?')}, transformers {machine.get('transformers', '?')}.",
+        "",
+    ]
     for table in result.get("tables", []):
         if table.get("title"):
             parts += [f"**{table['title']}**", ""]
         parts += [markdown_table(table["headers"], table["rows"]), ""]
     parts += [f"- {note}" for note in result.get("notes", [])]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def results_name(benchmark: str, device: torch.device, args) -> str:
+    """`<benchmark>_<device>` plus a suffix per non-default setting that changes the comparison."""
+    name = f"{benchmark}_{device.type}" + ("_full" if args.full_depth else "")
+    name += "_b375" if args.baseline_audio_tokens == 375 else ""
+    return name + (f"_bucket{args.frame_bucket}" if args.frame_bucket else "")
 
 
 def resolve_device(name: str) -> torch.device:

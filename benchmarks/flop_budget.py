@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from common import (
     MEAN_SECONDS,
     TOKENS_PER_WORD,
@@ -33,6 +32,7 @@ from common import (
     transcript_ids,
     write_results,
 )
+
 from configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, SAMPLING_RATE, conv_output_length
 
 A40_BF16_DENSE_FLOPS = 149.7e12  # NVIDIA A40 datasheet, bf16 tensor core, dense
@@ -57,9 +57,18 @@ class Dims:
     def of(cls, config) -> "Dims":
         audio, text = config.audio_config, config.text_config
         head_dim = text.hidden_size // text.num_attention_heads
-        return cls(audio.num_mel_bins, audio.d_model, audio.encoder_layers, audio.encoder_ffn_dim,
-                   config.projector_hidden_size, text.hidden_size, text.num_hidden_layers,
-                   head_dim * text.num_key_value_heads, text.intermediate_size, text.vocab_size)
+        return cls(
+            audio.num_mel_bins,
+            audio.d_model,
+            audio.encoder_layers,
+            audio.encoder_ffn_dim,
+            config.projector_hidden_size,
+            text.hidden_size,
+            text.num_hidden_layers,
+            head_dim * text.num_key_value_heads,
+            text.intermediate_size,
+            text.vocab_size,
+        )
 
 
 def training_flops(d: Dims, mel_frames, llm_tokens, labels, head_positions) -> dict:
@@ -131,8 +140,12 @@ def check() -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt-tokens", type=int, default=60,
-                        help="chat-template tokens around the audio (SmolLM3's template with /no_think: ~60, assumed)")
+    parser.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=60,
+        help="chat-template tokens around the audio (SmolLM3's template with /no_think: ~60, assumed)",
+    )
     parser.add_argument("--mfu", type=float, default=0.35, help="assumed model-FLOPs utilisation on the A40")
     parser.add_argument("--batch-size", type=int, default=32, help="per-device batch of the a40 recipe")
     parser.add_argument("--samples", type=int, default=64_000, help="Monte-Carlo clips for the mean")
@@ -165,25 +178,43 @@ def main(argv=None):
     epoch_rows = []
     for corpus, hours in EPOCH_HOURS.items():
         utterances = hours * 3600 / mean_seconds
-        epoch_rows.append([f"{corpus} ({hours:,} h, ~{utterances / 1e6:.2f} M utterances)"]
-                          + [f"{utterances * totals[label] / sustained / 3600:,.0f}" for label in labels])
+        epoch_rows.append(
+            [f"{corpus} ({hours:,} h, ~{utterances / 1e6:.2f} M utterances)"]
+            + [f"{utterances * totals[label] / sustained / 3600:,.0f}" for label in labels]
+        )
 
     tables = [
-        {"title": "Estimated TFLOP per training utterance, full reference build (32 encoder + 36 LLM layers)",
-         "headers": ["part"] + labels, "rows": part_rows},
-        {"title": f"Estimated A40 hours per epoch at {args.mfu:.0%} MFU of 149.7 TFLOP/s (bf16 dense)",
-         "headers": ["corpus"] + labels, "rows": epoch_rows},
+        {
+            "title": "Estimated TFLOP per training utterance, full reference build (32 encoder + 36 LLM layers)",
+            "headers": ["part"] + labels,
+            "rows": part_rows,
+        },
+        {
+            "title": f"Estimated A40 hours per epoch at {args.mfu:.0%} MFU of 149.7 TFLOP/s (bf16 dense)",
+            "headers": ["corpus"] + labels,
+            "rows": epoch_rows,
+        },
     ]
     checked = None
     if not args.no_check:
         checked = check()
-        tables.append({
-            "title": "Measured check: torch FlopCounterMode on one real training step (8.4 s clip, 1 + 1 layers at "
-                     "reference widths, math attention) vs this file's formula",
-            "headers": ["variant", "LLM tokens", "measured GFLOP", "estimated GFLOP", "estimate / measured"],
-            "rows": [[name, row["llm_tokens"], f"{row['measured'] / 1e9:.1f}", f"{row['estimated'] / 1e9:.1f}",
-                      f"{row['estimated'] / row['measured']:.3f}"] for name, row in checked.items()],
-        })
+        tables.append(
+            {
+                "title": "Measured check: torch FlopCounterMode on one real training step (8.4 s clip, 1 + 1 layers at "
+                "reference widths, math attention) vs this file's formula",
+                "headers": ["variant", "LLM tokens", "measured GFLOP", "estimated GFLOP", "estimate / measured"],
+                "rows": [
+                    [
+                        name,
+                        row["llm_tokens"],
+                        f"{row['measured'] / 1e9:.1f}",
+                        f"{row['estimated'] / 1e9:.1f}",
+                        f"{row['estimated'] / row['measured']:.3f}",
+                    ]
+                    for name, row in checked.items()
+                ],
+            }
+        )
     notes = [
         f"estimated: clip durations lognormal, mean {MEAN_SECONDS} s (sample mean {mean_seconds:.2f} s), clipped to "
         f"1-30 s; transcripts {WORDS_PER_SECOND} words/s x {TOKENS_PER_WORD} tokens/word + end-of-turn; "
@@ -195,16 +226,19 @@ def main(argv=None):
         f"assumed: {args.mfu:.0%} MFU for every design on an A40 (149.7 TFLOP/s bf16 dense); data loading, "
         "evaluation and checkpointing not included",
     ]
-    path = write_results("flop_budget", {
-        "title": "FLOP budget of one training epoch (analytic)",
-        "machine": machine_info(torch.device("cpu")),
-        "settings": vars(args),
-        "dims": vars(dims),
-        "flops_per_utterance": flops,
-        "check": checked,
-        "tables": tables,
-        "notes": notes,
-    })
+    path = write_results(
+        "flop_budget",
+        {
+            "title": "FLOP budget of one training epoch (analytic)",
+            "machine": machine_info(torch.device("cpu")),
+            "settings": vars(args),
+            "dims": vars(dims),
+            "flops_per_utterance": flops,
+            "check": checked,
+            "tables": tables,
+            "notes": notes,
+        },
+    )
     for table in tables:
         print(f"\n{table['title']}")
         for row in table["rows"]:
@@ -212,8 +246,10 @@ def main(argv=None):
     print(f"\nresults: {path}")
     ours = totals[labels[0]]
     medium = EPOCH_HOURS["LoquaciousSet medium"] * 3600 / mean_seconds / sustained / 3600
-    print(f"estimated {base / ours:.2f}x fewer FLOPs than the 750-token baseline; LoquaciousSet medium epoch: "
-          f"{medium * ours:,.0f} vs {medium * base:,.0f} A40 hours at {args.mfu:.0%} MFU")
+    print(
+        f"estimated {base / ours:.2f}x fewer FLOPs than the 750-token baseline; LoquaciousSet medium epoch: "
+        f"{medium * ours:,.0f} vs {medium * base:,.0f} A40 hours at {args.mfu:.0%} MFU"
+    )
 
 
 if __name__ == "__main__":

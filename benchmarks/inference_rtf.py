@@ -7,25 +7,27 @@ baseline pads every clip to 30 s and runs one clip at a time. Every clip decodes
 (a) the reference build's widths at reduced depth with random weights; (b) the `tiny` preset with its real base
 weights when they can be loaded (skipped with a message otherwise).
 
-    python benchmarks/inference_rtf.py                 # CPU, 2 + 2 layers, 16 clips
+    python benchmarks/inference_rtf.py                 # CPU, 2 + 2 layers, 8 clips (~6 min on 2 cores)
     python benchmarks/inference_rtf.py --device cuda
 """
 
 import argparse
 import sys
+from functools import partial
 
 import torch
-
 from common import (
     REFERENCE_ENCODER_LAYERS,
     REFERENCE_LLM_LAYERS,
     baseline_inputs,
     baseline_processor,
+    bucket_frames,
     build_reference,
     clip_durations,
     machine_info,
     resolve_device,
     resolve_dtype,
+    results_name,
     synthetic_clips,
     timed,
     write_results,
@@ -35,28 +37,42 @@ from common import (
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="frozen parts (default: bf16 on cuda)")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="frozen parts (default: bf16 on cuda)"
+    )
     parser.add_argument("--encoder-layers", type=int, default=2)
     parser.add_argument("--llm-layers", type=int, default=2)
     parser.add_argument("--full-depth", action="store_true", help="the reference depth: 32 encoder, 36 LLM layers")
-    parser.add_argument("--clips", type=int, help="clips per variant (default 16 on cpu, 64 on cuda)")
+    parser.add_argument("--clips", type=int, help="clips per variant (default 8 on cpu, 64 on cuda)")
     parser.add_argument("--batch-size", type=int, default=8, help="the batched run's batch size")
     parser.add_argument("--new-tokens", type=int, default=20)
-    parser.add_argument("--baseline-audio-tokens", type=int, choices=[375, 750], default=750,
-                        help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s")
+    parser.add_argument(
+        "--baseline-audio-tokens",
+        type=int,
+        choices=[375, 750],
+        default=750,
+        help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s",
+    )
+    parser.add_argument(
+        "--frame-bucket",
+        type=int,
+        default=0,
+        help="pad ours' mel frames to a multiple of this (0: off; see common.bucket_frames)",
+    )
     parser.add_argument("--skip-tiny", action="store_true", help="skip (b), the tiny preset with real weights")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.full_depth:
         args.encoder_layers, args.llm_layers = REFERENCE_ENCODER_LAYERS, REFERENCE_LLM_LAYERS
-    args.clips = args.clips or (64 if args.device == "cuda" else 16)
+    args.clips = args.clips or (64 if args.device == "cuda" else 8)
     return args
 
 
-def transcribe(model, processor, clips, batch_size: int, new_tokens: int, audio_repeat: int, device) -> None:
+def transcribe(model, processor, clips, batch_size, new_tokens, audio_repeat, device, frame_bucket=0) -> None:
     """The pipeline's work for `clips`: features and prompt, then greedy decoding of `new_tokens` per clip."""
     for start in range(0, len(clips), batch_size):
-        inputs = processor(audio=clips[start : start + batch_size]).to(device)
+        inputs = bucket_frames(processor(audio=clips[start : start + batch_size]), frame_bucket)
+        inputs = {key: value.to(device) for key, value in inputs.items()}
         inputs = baseline_inputs(model, inputs, audio_repeat)
         prompt_length = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
         generated = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
@@ -69,30 +85,40 @@ def measure(build_name, model, processor, args, device) -> list[dict]:
     durations = clip_durations(args.clips, args.seed)
     clips = synthetic_clips(durations, args.seed)
     padded = baseline_processor(processor, model.config)
+    # (name, batch size, processor, times each audio embedding is fed, frame bucket)
     variants = [
-        ("ours", 1, processor, 1),
-        ("ours", args.batch_size, processor, 1),
-        (f"baseline ({args.baseline_audio_tokens} audio tokens)", 1, padded, args.baseline_audio_tokens // 375),
+        ("ours", 1, processor, 1, args.frame_bucket),
+        ("ours", args.batch_size, processor, 1, args.frame_bucket),
+        (f"baseline ({args.baseline_audio_tokens} audio tokens)", 1, padded, args.baseline_audio_tokens // 375, 0),
     ]
     seconds, cpu_seconds = [0.0] * len(variants), [0.0] * len(variants)
     with torch.inference_mode():
-        for name, batch_size, variant_processor, repeat in variants:  # warm-up on two clips
-            transcribe(model, variant_processor, clips[:2], min(batch_size, 2), args.new_tokens, repeat, device)
+        for _, batch_size, variant_processor, repeat, bucket in variants:  # warm-up on two clips
+            transcribe(model, variant_processor, clips[:2], min(batch_size, 2), args.new_tokens, repeat, device, bucket)
         # Interleave by groups of `batch_size` clips so background load hits every variant alike.
         for start in range(0, len(clips), args.batch_size):
             group = clips[start : start + args.batch_size]
-            for index, (name, batch_size, variant_processor, repeat) in enumerate(variants):
-                _, wall, cpu = timed(
-                    lambda: transcribe(model, variant_processor, group, batch_size, args.new_tokens, repeat, device),
-                    device,
+            for index, (_, size, variant_processor, repeat, bucket) in enumerate(variants):
+                run = partial(
+                    transcribe, model, variant_processor, group, size, args.new_tokens, repeat, device, bucket
                 )
+                _, wall, cpu = timed(run, device)
                 seconds[index] += wall
                 cpu_seconds[index] += cpu
     audio = float(durations.sum())
     rows = []
-    for (name, batch_size, _, _), wall, cpu in zip(variants, seconds, cpu_seconds):
-        rows.append({"build": build_name, "variant": name, "batch_size": batch_size, "audio_seconds": audio,
-                     "wall_seconds": wall, "cpu_seconds": cpu, "rtfx": audio / wall})
+    for (name, batch_size, *_), wall, cpu in zip(variants, seconds, cpu_seconds):
+        rows.append(
+            {
+                "build": build_name,
+                "variant": name,
+                "batch_size": batch_size,
+                "audio_seconds": audio,
+                "wall_seconds": wall,
+                "cpu_seconds": cpu,
+                "rtfx": audio / wall,
+            }
+        )
         print(f"{build_name}: {name} batch {batch_size}: RTFx {audio / wall:.2f} ({audio:.0f} s audio in {wall:.1f} s)")
     return rows
 
@@ -111,7 +137,9 @@ def load_tiny(device, dtype):
     try:
         model, processor = build("tiny")
     except Exception as error:  # no Hub access and no offline mirror: skip, don't fail the benchmark
-        print(f"skipping the tiny preset: cannot load its base models ({type(error).__name__}: {error})".splitlines()[0])
+        print(
+            f"skipping the tiny preset: cannot load its base models ({type(error).__name__}: {error})".splitlines()[0]
+        )
         return None
     finally:
         huggingface_hub.constants.HF_HUB_OFFLINE = offline
@@ -136,31 +164,38 @@ def main(argv=None):
         return rows[3 * build_index + variant_index]["rtfx"]
 
     batch_gain, vs_baseline = rtfx(0, 1) / rtfx(0, 0), rtfx(0, 0) / rtfx(0, 2)
-    table_rows = [[r["build"], r["variant"], r["batch_size"], f"{r['rtfx']:.2f}", f"{r['wall_seconds']:.1f}"] for r in rows]
-    name = f"inference_rtf_{device.type}" + ("_full" if args.full_depth else "")
-    path = write_results(name, {
-        "title": f"Inference RTFx ({device.type}, {str(dtype).removeprefix('torch.')})",
-        "machine": machine_info(device),
-        "settings": {**vars(args), "dtype": str(dtype).removeprefix("torch.")},
-        "results": rows,
-        "batch_gain": batch_gain,
-        "ours_vs_baseline_batch1": vs_baseline,
-        "tables": [{"title": "", "headers": ["build", "variant", "batch", "RTFx", "wall s"], "rows": table_rows}],
-        "notes": [
-            f"measured: RTFx = audio seconds / wall seconds of processor + generate over {args.clips} clips "
-            f"({rows[0]['audio_seconds']:.0f} s of audio), {args.new_tokens} new tokens per clip (forced), greedy",
-            f"measured: batch {args.batch_size} / batch 1 = {batch_gain:.2f}x; ours batch 1 / baseline = "
-            f"{vs_baseline:.2f}x (reference widths)",
-            "clips: LoquaciousSet-like durations (lognormal, mean 8.4 s, clipped to 1-30 s), unsorted; batches pad "
-            "to their longest clip",
-            f"baseline: processor with pad_audio_to_30s, one clip at a time; {args.baseline_audio_tokens} audio "
-            "positions into the LLM" + (" (each of the 375 projected embeddings fed twice)"
-                                         if args.baseline_audio_tokens == 750 else ""),
-        ],
-    })
+    table_rows = [
+        [r["build"], r["variant"], r["batch_size"], f"{r['rtfx']:.2f}", f"{r['wall_seconds']:.1f}"] for r in rows
+    ]
+    name = results_name("inference_rtf", device, args)
+    path = write_results(
+        name,
+        {
+            "title": f"Inference RTFx ({device.type}, {str(dtype).removeprefix('torch.')})",
+            "machine": machine_info(device),
+            "settings": {**vars(args), "dtype": str(dtype).removeprefix("torch.")},
+            "results": rows,
+            "batch_gain": batch_gain,
+            "ours_vs_baseline_batch1": vs_baseline,
+            "tables": [{"title": "", "headers": ["build", "variant", "batch", "RTFx", "wall s"], "rows": table_rows}],
+            "notes": [
+                f"measured: RTFx = audio seconds / wall seconds of processor + generate over {args.clips} clips "
+                f"({rows[0]['audio_seconds']:.0f} s of audio), {args.new_tokens} new tokens per clip (forced), greedy",
+                f"measured: batch {args.batch_size} / batch 1 = {batch_gain:.2f}x; ours batch 1 / baseline = "
+                f"{vs_baseline:.2f}x (reference widths)",
+                "clips: LoquaciousSet-like durations (lognormal, mean 8.4 s, clipped to 1-30 s), unsorted; batches pad "
+                "to their longest clip",
+                f"baseline: processor with pad_audio_to_30s, one clip at a time; {args.baseline_audio_tokens} audio "
+                "positions into the LLM"
+                + (" (each of the 375 projected embeddings fed twice)" if args.baseline_audio_tokens == 750 else ""),
+            ],
+        },
+    )
     print(f"results: {path}")
-    print(f"RTFx ours batch 1 {rtfx(0, 0):.2f}, batch {args.batch_size} {rtfx(0, 1):.2f}, baseline {rtfx(0, 2):.2f}; "
-          f"batch {args.batch_size} / batch 1 = {batch_gain:.2f}x")
+    print(
+        f"RTFx ours batch 1 {rtfx(0, 0):.2f}, batch {args.batch_size} {rtfx(0, 1):.2f}, baseline {rtfx(0, 2):.2f}; "
+        f"batch {args.batch_size} / batch 1 = {batch_gain:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ after glibc malloc_trim) around each step, the maximum over the variant's steps.
 
 import argparse
 import sys
+from functools import partial
 
 import torch
-
 from common import (
     REFERENCE_ENCODER_LAYERS,
     REFERENCE_LLM_LAYERS,
@@ -29,6 +29,7 @@ from common import (
     machine_info,
     resolve_device,
     resolve_dtype,
+    results_name,
     synthetic_clips,
     timed,
     training_batch,
@@ -42,23 +43,40 @@ VARIANTS = ("ours", "baseline")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="frozen parts (default: bf16 on cuda)")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="frozen parts (default: bf16 on cuda)"
+    )
     parser.add_argument("--encoder-layers", type=int, default=2)
     parser.add_argument("--llm-layers", type=int, default=2)
     parser.add_argument("--full-depth", action="store_true", help="the reference depth: 32 encoder, 36 LLM layers")
-    parser.add_argument("--batch-size", type=int, help="default 2 on cpu, 16 on cuda")
+    parser.add_argument("--batch-size", type=int, help="default 2 on cpu, 16 on cuda (8 at full depth)")
     parser.add_argument("--steps", type=int, help="timed steps per variant (default 3 on cpu, 10 on cuda)")
     parser.add_argument("--warmup", type=int, help="untimed steps per variant first (default 1 on cpu, 3 on cuda)")
-    parser.add_argument("--batching", choices=["grouped", "random"], default="grouped",
-                        help="grouped by duration like the trainer (default), or random batches")
-    parser.add_argument("--baseline-audio-tokens", type=int, choices=[375, 750], default=750,
-                        help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s")
+    parser.add_argument(
+        "--batching",
+        choices=["grouped", "random"],
+        default="grouped",
+        help="grouped by duration like the trainer (default), or random batches",
+    )
+    parser.add_argument(
+        "--baseline-audio-tokens",
+        type=int,
+        choices=[375, 750],
+        default=750,
+        help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s",
+    )
+    parser.add_argument(
+        "--frame-bucket",
+        type=int,
+        default=0,
+        help="pad ours' mel frames to a multiple of this (0: off; see common.bucket_frames)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.full_depth:
         args.encoder_layers, args.llm_layers = REFERENCE_ENCODER_LAYERS, REFERENCE_LLM_LAYERS
     cuda = args.device == "cuda"
-    args.batch_size = args.batch_size or (16 if cuda else 2)
+    args.batch_size = args.batch_size or ((8 if args.full_depth else 16) if cuda else 2)
     args.steps = args.steps or (10 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     return args
@@ -75,14 +93,29 @@ class Bench:
             args.encoder_layers, args.llm_layers, self.device, self.dtype, args.seed
         )
         self.model.train()
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
-        self.durations = batch_durations(args.batch_size, args.warmup + args.steps, args.batching == "grouped", args.seed)
-        self.batches = {name: [] for name in VARIANTS}
-        for index, durations in enumerate(self.durations):
-            clips = synthetic_clips(durations, args.seed + index)
-            targets = transcript_ids(durations, args.seed + index)
-            for name, processor in (("ours", ours_processor), ("baseline", baseline_processor)):
-                self.batches[name].append(training_batch(processor, clips, targets, self.device))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # A tiny learning rate: the step's cost is the same, and the random model stays finite over the run.
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=self.device.type == "cuda")
+        self.processors = {"ours": ours_processor, "baseline": baseline_processor}
+        self.frame_bucket = args.frame_bucket
+        self.durations = batch_durations(
+            args.batch_size, args.warmup + args.steps, args.batching == "grouped", args.seed
+        )
+        self.batches = {name: self.make_batches(name, self.durations, args.seed) for name in VARIANTS}
+
+    def make_batches(self, name: str, batches, seed: int) -> list[dict]:
+        """Model inputs of one variant for a list of per-batch clip durations (clips and transcripts seeded)."""
+        bucket = self.frame_bucket if name == "ours" else 0
+        return [
+            training_batch(
+                self.processors[name],
+                synthetic_clips(durations, seed + index),
+                transcript_ids(durations, seed + index),
+                self.device,
+                bucket,
+            )
+            for index, durations in enumerate(batches)
+        ]
 
     def loss(self, name: str, batch: dict) -> torch.Tensor:
         with autocast(self.device, self.dtype):
@@ -103,8 +136,10 @@ def main(argv=None):
     bench = Bench(args)
     device, batch_size, dtype = bench.device, args.batch_size, str(bench.dtype).removeprefix("torch.")
     depth = f"{args.encoder_layers} encoder + {args.llm_layers} LLM layers"
-    print(f"{depth} at reference widths, {device} {dtype}, batch {batch_size} ({args.batching}), "
-          f"{args.steps} timed steps (+{args.warmup} warm-up) per variant, baseline {args.baseline_audio_tokens} audio tokens")
+    print(
+        f"{depth} at reference widths, {device} {dtype}, batch {batch_size} ({args.batching}), "
+        f"{args.steps} timed steps (+{args.warmup} warm-up) per variant, baseline {args.baseline_audio_tokens} audio tokens"
+    )
     with torch.no_grad(), autocast(device, bench.dtype):  # the baseline's loss is the same quantity as ours
         batch = bench.batches["ours"][0]
         ours_loss, base_loss = bench.model(**batch).loss.item(), full_logits_loss(bench.model, batch).item()
@@ -115,15 +150,17 @@ def main(argv=None):
         for name in VARIANTS if index % 2 == 0 else VARIANTS[::-1]:
             total = totals[name]
             with PeakMemory(device) as memory:
-                loss, wall, cpu = timed(lambda: bench.step(name, index), device)
+                loss, wall, cpu = timed(partial(bench.step, name, index), device)
             if memory.peak is not None and memory.peak > total["peak"]:
                 total["peak"], total["resting"] = memory.peak, memory.resting
             total["losses"].append(round(loss, 4))
             if index >= args.warmup:
                 total["wall"] += wall
                 total["cpu"] += cpu
-            print(f"step {index}{' (warm-up)' if index < args.warmup else ''} {name}: {wall:.2f} s "
-                  f"(cpu {cpu:.1f} s), loss {loss:.3f}, peak {gib(memory.peak or 0):.2f} GiB")
+            print(
+                f"step {index}{' (warm-up)' if index < args.warmup else ''} {name}: {wall:.2f} s "
+                f"(cpu {cpu:.1f} s), loss {loss:.3f}, peak {gib(memory.peak or 0):.2f} GiB"
+            )
 
     utterances = args.steps * batch_size
     audio_seconds = float(sum(d.sum() for d in bench.durations[args.warmup :]))
@@ -145,42 +182,74 @@ def main(argv=None):
     cpu_speedup = base["cpu_seconds"] / ours["cpu_seconds"]
     memory_ratio = base["peak_memory_bytes"] / ours["peak_memory_bytes"] if ours["peak_memory_bytes"] else float("nan")
 
-    labels = {"ours": "ours (real length, LM head on labels)",
-              "baseline": f"baseline (30 s pad, {args.baseline_audio_tokens} audio tokens, full logits)"}
-    rows = [[labels[name], f"{r['utterances_per_s']:.3f}", f"{r['audio_hours_per_hour']:.1f}",
-             f"{gib(r['peak_memory_bytes']):.2f}" if r["peak_memory_bytes"] else "n/a",
-             f"{gib(r['peak_memory_bytes'] - r['resting_memory_bytes']):.2f}" if r["peak_memory_bytes"] else "n/a"]
-            for name, r in results.items()]
-    name = f"train_throughput_{device.type}" + ("_full" if args.full_depth else "")
-    memory_kind = ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
-                   "peak RSS (VmHWM, reset via /proc/self/clear_refs after malloc_trim)")
-    path = write_results(name, {
-        "title": f"Training throughput, {depth} at reference widths ({device.type}, {dtype})",
-        "machine": machine_info(device),
-        "settings": {**vars(args), "dtype": dtype},
-        "results": results,
-        "speedup": speedup,
-        "cpu_time_speedup": cpu_speedup if device.type == "cpu" else None,
-        "peak_memory_ratio": memory_ratio,
-        "tables": [{"title": "", "rows": rows, "headers": [
-            "variant", "utterances/s", "audio h / h", "peak memory GiB", "step memory GiB (peak - before step)"]}],
-        "notes": [
-            f"measured: speedup {speedup:.2f}x utterances/s (wall)"
-            + (f", {cpu_speedup:.2f}x by process CPU time" if device.type == "cpu" else "")
-            + f"; peak-memory ratio {memory_ratio:.2f}x (baseline / ours)",
-            f"measured: {args.steps} timed steps of batch {batch_size} per variant after {args.warmup} warm-up, variants "
-            f"alternating in one process; random weights at the reference widths, {depth}",
-            f"memory: {memory_kind} around each step, maximum over the variant's steps, weights included",
-            "data: clip durations lognormal (mean 8.4 s, sigma 0.6, clipped to 1-30 s, seeded); transcripts 2.7 words/s "
-            "x 1.3 tokens/word as random token ids; "
-            + ("batches grouped by duration as the trainer does (sorted pool of 50 batches)" if args.batching == "grouped"
-               else "random batches, ours padded to the longest clip of each"),
-            "baseline: same model and weights, processor with pad_audio_to_30s, "
-            + ("each of the 375 projected audio embeddings fed twice (750 LLM positions, as in the common 2x-pooled "
-               "design), " if args.baseline_audio_tokens == 750 else "375 audio tokens, ")
-            + "full-vocabulary logits on every position then cross-entropy (use_cache=False)",
-        ],
-    })
+    labels = {
+        "ours": "ours (real length, LM head on labels)",
+        "baseline": f"baseline (30 s pad, {args.baseline_audio_tokens} audio tokens, full logits)",
+    }
+    rows = [
+        [
+            labels[name],
+            f"{r['utterances_per_s']:.3f}",
+            f"{r['audio_hours_per_hour']:.1f}",
+            f"{gib(r['peak_memory_bytes']):.2f}" if r["peak_memory_bytes"] else "n/a",
+            f"{gib(r['peak_memory_bytes'] - r['resting_memory_bytes']):.2f}" if r["peak_memory_bytes"] else "n/a",
+        ]
+        for name, r in results.items()
+    ]
+    name = results_name("train_throughput", device, args)
+    memory_kind = (
+        "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "peak RSS (VmHWM, reset via /proc/self/clear_refs after malloc_trim)"
+    )
+    path = write_results(
+        name,
+        {
+            "title": f"Training throughput, {depth} at reference widths ({device.type}, {dtype})",
+            "machine": machine_info(device),
+            "settings": {**vars(args), "dtype": dtype},
+            "results": results,
+            "speedup": speedup,
+            "cpu_time_speedup": cpu_speedup if device.type == "cpu" else None,
+            "peak_memory_ratio": memory_ratio,
+            "tables": [
+                {
+                    "title": "",
+                    "rows": rows,
+                    "headers": [
+                        "variant",
+                        "utterances/s",
+                        "audio h / h",
+                        "peak memory GiB",
+                        "step memory GiB (peak - before step)",
+                    ],
+                }
+            ],
+            "notes": [
+                f"measured: speedup {speedup:.2f}x utterances/s (wall)"
+                + (f", {cpu_speedup:.2f}x by process CPU time" if device.type == "cpu" else "")
+                + f"; peak-memory ratio {memory_ratio:.2f}x (baseline / ours)",
+                f"measured: {args.steps} timed steps of batch {batch_size} per variant after {args.warmup} warm-up, variants "
+                f"alternating in one process; random weights at the reference widths, {depth}",
+                f"memory: {memory_kind} around each step, maximum over the variant's steps, weights included",
+                "data: clip durations lognormal (mean 8.4 s, sigma 0.6, clipped to 1-30 s, seeded); transcripts 2.7 words/s "
+                "x 1.3 tokens/word as random token ids; "
+                + (
+                    "batches grouped by duration as the trainer does (sorted pool of 50 batches)"
+                    if args.batching == "grouped"
+                    else "random batches, ours padded to the longest clip of each"
+                ),
+                "baseline: same model and weights, processor with pad_audio_to_30s, "
+                + (
+                    "each of the 375 projected audio embeddings fed twice (750 LLM positions, as in the common 2x-pooled "
+                    "design), "
+                    if args.baseline_audio_tokens == 750
+                    else "375 audio tokens, "
+                )
+                + "full-vocabulary logits on every position then cross-entropy (use_cache=False)",
+            ],
+        },
+    )
     print(f"results: {path}")
     print(f"speedup {speedup:.2f}x, peak-memory ratio {memory_ratio:.2f}x")
 

@@ -1,0 +1,37 @@
+"""Plot a run's loss curves (CTC warm-up and LLM stage) and eval WER: `python scripts/plot_loss.py RUN_DIR OUT.png`."""
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(run_dir: str, out: str) -> None:
+    run = Path(run_dir)
+    record = json.loads((run / "training_run.json").read_text())
+    history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    ctc = next((stage["loss"] for stage in record["stages"] if stage["stage"] == "ctc_warmup"), [])
+    figure, (ctc_axis, llm_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    if ctc:
+        ctc_axis.plot([e["ctc_step"] for e in ctc], [e["ctc_loss"] for e in ctc])
+    ctc_axis.set(title="Stage 0: CTC warm-up (projector only)", xlabel="step", ylabel="CTC loss")
+    train = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    llm_axis.plot(*zip(*train), label="train loss")
+    evals = [(e["step"], e["eval_wer"]) for e in history if "eval_wer" in e]
+    if evals:
+        wer_axis = llm_axis.twinx()
+        wer_axis.plot(*zip(*evals), "o-", color="tab:red", label="eval WER")
+        wer_axis.set_ylabel("WER (validation)")
+        wer_axis.legend(loc="upper center")
+    llm_axis.set(title="Stage 1: LLM loss (projector + LoRA)", xlabel="step", ylabel="cross-entropy")
+    llm_axis.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
