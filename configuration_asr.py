@@ -69,7 +69,7 @@ class ASRConfig(PreTrainedConfig):
         audio_token (`str`): placeholder the processor expands to one token per audio frame.
         audio_token_id (`int`): its id in the tokenizer (may lie outside the LLM's embedding table; never embedded).
         system_prompt / user_prompt (`str`): the chat prompt; `user_prompt` must contain `audio_token`.
-        pad_audio_to_30s (`bool`): pad every clip to 30 s like Whisper (750 audio tokens); for comparisons only.
+        pad_audio_to_30s (`bool`): pad every clip to 30 s like Whisper (375 audio tokens); for comparisons only.
         max_new_tokens_per_second / min_new_tokens_cap (`float` / `int`): cap generated tokens by audio duration.
         lora_rank / lora_alpha / lora_dropout / lora_target_modules: optional LoRA adapters on the LLM (rank 0: none).
         trained_weights_only (`bool`): set on save when the weights file holds only the projector and adapters.

@@ -91,13 +91,14 @@ PRESETS = {
         "eval_split_name": "dev",
         "streaming": True,
         "bf16": True,
+        "base_dtype": "bfloat16",
         "optim": "adamw_torch_fused",
         "learning_rate": 1e-3,
         "weight_decay": 0.0,
         "warmup_steps": 1000,
         "lr_scheduler_type": "cosine",
-        "per_device_train_batch_size": 32,
-        "gradient_accumulation_steps": 2,
+        "per_device_train_batch_size": 16,
+        "gradient_accumulation_steps": 4,
         "max_steps": 40000,
         "eval_strategy": "steps",
         "eval_steps": 2000,
@@ -211,15 +212,16 @@ def parse_args(argv: list[str]):
 def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
     """A new model for the preset, or the weights of `--init_from`; then LoRA and freezing as asked."""
     targets = model_args.lora_target_modules.split(",")
+    dtype = getattr(torch, model_args.base_dtype)
     if model_args.init_from:
-        model = ASRModel.from_pretrained(model_args.init_from)
+        model = ASRModel.from_pretrained(model_args.init_from, dtype=dtype)
         processor = ASRProcessor.from_pretrained(model_args.init_from)
         if model_args.lora_rank and model.config.lora_rank == 0:
             model.add_lora_adapters(model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout, targets)
     else:
         model, processor = build(
             model_args.model_preset,
-            dtype=getattr(torch, model_args.base_dtype),
+            dtype=dtype,
             lora_rank=model_args.lora_rank,
             lora_alpha=model_args.lora_alpha,
             lora_dropout=model_args.lora_dropout,

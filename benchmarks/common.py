@@ -2,9 +2,12 @@
 
 "Ours" is the project's design (features at their real length, 12.5 audio tokens/s, LM head only on labelled
 positions, batched generation). The "baseline" reproduces the common design it improves on, with the same weights:
-every clip padded to 30 s (750 audio tokens), full-vocabulary logits on every position, one clip at a time.
+every clip padded to 30 s, 750 audio positions into the LLM, full-vocabulary logits on every position, one clip at a
+time. (This model's own 30 s padding gives 375 audio tokens: 3000 mel frames / 8; the benchmarks feed each of them
+twice for the common design's 750 positions, or use the 375 with `--baseline-audio-tokens 375`.)
 """
 
+import argparse
 import copy
 import ctypes
 import datetime
@@ -141,7 +144,7 @@ def reference_config(encoder_layers: int = 2, llm_layers: int = 2) -> ASRConfig:
 
 
 def baseline_processor(processor: ASRProcessor, config: ASRConfig) -> ASRProcessor:
-    """The same processor, but padding every clip to 30 s (3000 mel frames -> 750 audio tokens)."""
+    """The same processor, but padding every clip to 30 s (3000 mel frames -> 375 audio tokens with this model)."""
     padded = copy.deepcopy(config)
     padded.pad_audio_to_30s = True
     return ASRProcessor.from_config(padded, processor.feature_extractor, processor.tokenizer)
@@ -335,6 +338,20 @@ def write_results(name: str, result: dict) -> Path:
     return path
 
 
+def settings_label(settings: dict) -> str:
+    """The non-default settings of a run, for titles: '' when there are none."""
+    labels = []
+    if settings.get("baseline_audio_tokens") == 375:
+        labels.append("baseline 375 audio tokens")
+    if settings.get("frame_bucket"):
+        labels.append(f"ours' frames padded to a multiple of {settings['frame_bucket']}")
+    if settings.get("no_cudnn_attention"):
+        labels.append("cuDNN attention off")
+    if settings.get("prewarm_shapes"):
+        labels.append("shapes pre-warmed")
+    return f" [{'; '.join(labels)}]" if labels else ""
+
+
 def render_result(result: dict) -> str:
     """Markdown section of one results file: title, machine, tables, notes."""
     machine = result.get("machine", {})
@@ -342,9 +359,9 @@ def render_result(result: dict) -> str:
     if machine.get("gpu"):
         where = f"{machine['gpu']} ({machine.get('gpu_memory_gib', '?')} GiB); host CPU {where}"
     parts = [
-        f"### {result['title']}",
+        f"### {result['title']}{settings_label(result.get('settings', {}))}",
         "",
-        f"Measured {machine.get('date', '?')} on {where}; "
+        f"Run {machine.get('date', '?')} on {where}; "
         f"torch {machine.get('torch', '?')}, transformers {machine.get('transformers', '?')}.",
         "",
     ]
@@ -356,11 +373,76 @@ def render_result(result: dict) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The command-line arguments every benchmark shares (model build, baseline, device settings)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="frozen parts (default: bf16 on cuda)"
+    )
+    parser.add_argument("--encoder-layers", type=int, default=2)
+    parser.add_argument("--llm-layers", type=int, default=2)
+    parser.add_argument("--full-depth", action="store_true", help="the reference depth: 32 encoder, 36 LLM layers")
+    parser.add_argument(
+        "--baseline-audio-tokens",
+        type=int,
+        choices=[375, 750],
+        default=750,
+        help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s",
+    )
+    parser.add_argument(
+        "--frame-bucket",
+        type=int,
+        default=0,
+        help="pad ours' mel frames to a multiple of this (0: off; see bucket_frames)",
+    )
+    parser.add_argument(
+        "--no-cudnn-attention",
+        action="store_true",
+        help="keep SDPA off its cuDNN backend (which builds a graph per new sequence length)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def finish_args(args):
+    """Applies --full-depth and --no-cudnn-attention; returns args."""
+    if args.full_depth:
+        args.encoder_layers, args.llm_layers = REFERENCE_ENCODER_LAYERS, REFERENCE_LLM_LAYERS
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    return args
+
+
+def setting_notes(args) -> list[str]:
+    """Notes on the clips, the baseline and the non-default settings, shared by the results files."""
+    baseline = (
+        "each of the 375 projected audio embeddings fed twice (750 LLM positions, the common 2x-pooled design's length)"
+        if args.baseline_audio_tokens == 750
+        else "375 audio tokens (this model's own pad_audio_to_30s)"
+    )
+    notes = [
+        f"data: clip durations lognormal (mean {MEAN_SECONDS} s, sigma {SIGMA}, clipped to {MIN_SECONDS:g}-"
+        f"{MAX_SECONDS:g} s, seeded), synthetic audio; transcripts {WORDS_PER_SECOND} words/s x {TOKENS_PER_WORD} "
+        "tokens/word as random token ids; prompt from a small offline chat tokenizer (~20 tokens)",
+        f"baseline: the same model and weights; processor with pad_audio_to_30s, {baseline}",
+    ]
+    if args.frame_bucket:
+        notes.append(f"setting: ours' mel frames padded to a multiple of {args.frame_bucket} (fewer distinct shapes)")
+    if args.no_cudnn_attention:
+        notes.append("setting: SDPA's cuDNN backend disabled (torch.backends.cuda.enable_cudnn_sdp(False))")
+    if getattr(args, "prewarm_shapes", False):
+        notes.append("setting: every timed batch ran once, untimed, first (per-shape setup costs excluded)")
+    return notes
+
+
 def results_name(benchmark: str, device: torch.device, args) -> str:
     """`<benchmark>_<device>` plus a suffix per non-default setting that changes the comparison."""
     name = f"{benchmark}_{device.type}" + ("_full" if args.full_depth else "")
     name += "_b375" if args.baseline_audio_tokens == 375 else ""
-    return name + (f"_bucket{args.frame_bucket}" if args.frame_bucket else "")
+    name += f"_bucket{args.frame_bucket}" if args.frame_bucket else ""
+    name += "_prewarm" if getattr(args, "prewarm_shapes", False) else ""
+    return name + ("_nocudnnattn" if args.no_cudnn_attention else "")
 
 
 def resolve_device(name: str) -> torch.device:

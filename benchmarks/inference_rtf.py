@@ -7,27 +7,27 @@ baseline pads every clip to 30 s and runs one clip at a time. Every clip decodes
 (a) the reference build's widths at reduced depth with random weights; (b) the `tiny` preset with its real base
 weights when they can be loaded (skipped with a message otherwise).
 
-    python benchmarks/inference_rtf.py                 # CPU, 2 + 2 layers, 8 clips (~6 min on 2 cores)
+    python benchmarks/inference_rtf.py                 # CPU, 2 + 2 layers, 8 clips (~9 min on 2 shared cores)
     python benchmarks/inference_rtf.py --device cuda
 """
 
-import argparse
 import sys
 from functools import partial
 
 import torch
 from common import (
-    REFERENCE_ENCODER_LAYERS,
-    REFERENCE_LLM_LAYERS,
     baseline_inputs,
     baseline_processor,
+    benchmark_parser,
     bucket_frames,
     build_reference,
     clip_durations,
+    finish_args,
     machine_info,
     resolve_device,
     resolve_dtype,
     results_name,
+    setting_notes,
     synthetic_clips,
     timed,
     write_results,
@@ -35,35 +35,12 @@ from common import (
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], help="frozen parts (default: bf16 on cuda)"
-    )
-    parser.add_argument("--encoder-layers", type=int, default=2)
-    parser.add_argument("--llm-layers", type=int, default=2)
-    parser.add_argument("--full-depth", action="store_true", help="the reference depth: 32 encoder, 36 LLM layers")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--clips", type=int, help="clips per variant (default 8 on cpu, 64 on cuda)")
     parser.add_argument("--batch-size", type=int, default=8, help="the batched run's batch size")
     parser.add_argument("--new-tokens", type=int, default=20)
-    parser.add_argument(
-        "--baseline-audio-tokens",
-        type=int,
-        choices=[375, 750],
-        default=750,
-        help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s",
-    )
-    parser.add_argument(
-        "--frame-bucket",
-        type=int,
-        default=0,
-        help="pad ours' mel frames to a multiple of this (0: off; see common.bucket_frames)",
-    )
     parser.add_argument("--skip-tiny", action="store_true", help="skip (b), the tiny preset with real weights")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.full_depth:
-        args.encoder_layers, args.llm_layers = REFERENCE_ENCODER_LAYERS, REFERENCE_LLM_LAYERS
+    args = finish_args(parser.parse_args(argv))
     args.clips = args.clips or (64 if args.device == "cuda" else 8)
     return args
 
@@ -183,11 +160,9 @@ def main(argv=None):
                 f"({rows[0]['audio_seconds']:.0f} s of audio), {args.new_tokens} new tokens per clip (forced), greedy",
                 f"measured: batch {args.batch_size} / batch 1 = {batch_gain:.2f}x; ours batch 1 / baseline = "
                 f"{vs_baseline:.2f}x (reference widths)",
-                "clips: LoquaciousSet-like durations (lognormal, mean 8.4 s, clipped to 1-30 s), unsorted; batches pad "
-                "to their longest clip",
-                f"baseline: processor with pad_audio_to_30s, one clip at a time; {args.baseline_audio_tokens} audio "
-                "positions into the LLM"
-                + (" (each of the 375 projected embeddings fed twice)" if args.baseline_audio_tokens == 750 else ""),
+                "clips in arrival order (not sorted by duration): a batch pads to its longest clip; the baseline runs "
+                "one clip at a time",
+                *setting_notes(args),
             ],
         },
     )

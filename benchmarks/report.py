@@ -7,7 +7,7 @@ import datetime
 import json
 import sys
 
-from common import RESULTS_DIR, render_result
+from common import RESULTS_DIR, render_result, settings_label
 
 ORDER = ("train_throughput", "inference_rtf", "flop_budget")
 
@@ -16,6 +16,7 @@ def summary_line(name: str, result: dict) -> str | None:
     """One headline per results file."""
     machine = result.get("machine", {})
     where = machine.get("gpu") or f"{machine.get('cpu', '?')} ({machine.get('cpu_cores', '?')} cores)"
+    where += settings_label(result.get("settings", {}))
     if name.startswith("train_throughput"):
         settings = result["settings"]
         depth = f"{settings['encoder_layers']} + {settings['llm_layers']} layers"
@@ -24,9 +25,10 @@ def summary_line(name: str, result: dict) -> str | None:
             f"utterances/s, **{result['peak_memory_ratio']:.2f}x** less peak memory (measured)."
         )
     if name.startswith("inference_rtf"):
-        batch = result["settings"]["batch_size"]
+        settings = result["settings"]
+        batch, depth = settings["batch_size"], f"{settings['encoder_layers']} + {settings['llm_layers']} layers"
         return (
-            f"Inference on {where}: batch {batch} gives **{result['batch_gain']:.2f}x** the RTFx of batch 1; ours "
+            f"Inference, {depth} at reference widths on {where}: batch {batch} gives **{result['batch_gain']:.2f}x** the RTFx of batch 1; ours "
             f"at batch 1 is **{result['ours_vs_baseline_batch1']:.2f}x** the baseline (measured)."
         )
     if name == "flop_budget":

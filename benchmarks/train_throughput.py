@@ -12,24 +12,24 @@ included: CUDA `torch.cuda.max_memory_allocated`; CPU peak resident set (VmHWM r
 after glibc malloc_trim) around each step, the maximum over the variant's steps.
 """
 
-import argparse
 import sys
 from functools import partial
 
 import torch
 from common import (
-    REFERENCE_ENCODER_LAYERS,
-    REFERENCE_LLM_LAYERS,
     PeakMemory,
     autocast,
     batch_durations,
+    benchmark_parser,
     build_reference,
+    finish_args,
     full_logits_loss,
     gib,
     machine_info,
     resolve_device,
     resolve_dtype,
     results_name,
+    setting_notes,
     synthetic_clips,
     timed,
     training_batch,
@@ -41,14 +41,7 @@ VARIANTS = ("ours", "baseline")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], help="frozen parts (default: bf16 on cuda)"
-    )
-    parser.add_argument("--encoder-layers", type=int, default=2)
-    parser.add_argument("--llm-layers", type=int, default=2)
-    parser.add_argument("--full-depth", action="store_true", help="the reference depth: 32 encoder, 36 LLM layers")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batch-size", type=int, help="default 2 on cpu, 16 on cuda (8 at full depth)")
     parser.add_argument("--steps", type=int, help="timed steps per variant (default 3 on cpu, 10 on cuda)")
     parser.add_argument("--warmup", type=int, help="untimed steps per variant first (default 1 on cpu, 3 on cuda)")
@@ -59,22 +52,12 @@ def parse_args(argv=None):
         help="grouped by duration like the trainer (default), or random batches",
     )
     parser.add_argument(
-        "--baseline-audio-tokens",
-        type=int,
-        choices=[375, 750],
-        default=750,
-        help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s",
+        "--prewarm-shapes",
+        action="store_true",
+        help="run every batch once, untimed, first: excludes per-shape setup (steady state of a long "
+        "run whose batch shapes repeat)",
     )
-    parser.add_argument(
-        "--frame-bucket",
-        type=int,
-        default=0,
-        help="pad ours' mel frames to a multiple of this (0: off; see common.bucket_frames)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.full_depth:
-        args.encoder_layers, args.llm_layers = REFERENCE_ENCODER_LAYERS, REFERENCE_LLM_LAYERS
+    args = finish_args(parser.parse_args(argv))
     cuda = args.device == "cuda"
     args.batch_size = args.batch_size or ((8 if args.full_depth else 16) if cuda else 2)
     args.steps = args.steps or (10 if cuda else 3)
@@ -131,43 +114,51 @@ class Bench:
         return loss.item()
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    bench = Bench(args)
-    device, batch_size, dtype = bench.device, args.batch_size, str(bench.dtype).removeprefix("torch.")
-    depth = f"{args.encoder_layers} encoder + {args.llm_layers} LLM layers"
-    print(
-        f"{depth} at reference widths, {device} {dtype}, batch {batch_size} ({args.batching}), "
-        f"{args.steps} timed steps (+{args.warmup} warm-up) per variant, baseline {args.baseline_audio_tokens} audio tokens"
-    )
-    with torch.no_grad(), autocast(device, bench.dtype):  # the baseline's loss is the same quantity as ours
-        batch = bench.batches["ours"][0]
-        ours_loss, base_loss = bench.model(**batch).loss.item(), full_logits_loss(bench.model, batch).item()
-    print(f"loss check on the same inputs: ours {ours_loss:.4f}, full-logits {base_loss:.4f}")
-
+def run(bench: Bench, args) -> dict:
+    """Warm-up then timed steps, the variants alternating; per variant: wall and CPU seconds, peak memory, losses."""
     totals = {name: {"wall": 0.0, "cpu": 0.0, "peak": 0, "resting": 0, "losses": []} for name in VARIANTS}
+    if args.prewarm_shapes:
+        for index in range(args.warmup, args.warmup + args.steps):
+            for name in VARIANTS:
+                bench.step(name, index)
     for index in range(args.warmup + args.steps):
         for name in VARIANTS if index % 2 == 0 else VARIANTS[::-1]:
             total = totals[name]
-            with PeakMemory(device) as memory:
-                loss, wall, cpu = timed(partial(bench.step, name, index), device)
+            with PeakMemory(bench.device) as memory:
+                loss, wall, cpu = timed(partial(bench.step, name, index), bench.device)
             if memory.peak is not None and memory.peak > total["peak"]:
                 total["peak"], total["resting"] = memory.peak, memory.resting
             total["losses"].append(round(loss, 4))
             if index >= args.warmup:
                 total["wall"] += wall
                 total["cpu"] += cpu
+            warmup = " (warm-up)" if index < args.warmup else ""
             print(
-                f"step {index}{' (warm-up)' if index < args.warmup else ''} {name}: {wall:.2f} s "
-                f"(cpu {cpu:.1f} s), loss {loss:.3f}, peak {gib(memory.peak or 0):.2f} GiB"
+                f"step {index}{warmup} {name}: {wall:.2f} s (cpu {cpu:.1f} s), loss {loss:.3f}, "
+                f"peak {gib(memory.peak or 0):.2f} GiB"
             )
+    return totals
 
-    utterances = args.steps * batch_size
+
+def main(argv=None):
+    args = parse_args(argv)
+    bench = Bench(args)
+    device, dtype = bench.device, str(bench.dtype).removeprefix("torch.")
+    depth = f"{args.encoder_layers} encoder + {args.llm_layers} LLM layers"
+    print(
+        f"{depth} at reference widths, {device} {dtype}, batch {args.batch_size} ({args.batching}), {args.steps} "
+        f"timed steps (+{args.warmup} warm-up) per variant, baseline {args.baseline_audio_tokens} audio tokens"
+    )
+    with torch.no_grad(), autocast(device, bench.dtype):  # the baseline's loss is the same quantity as ours
+        batch = bench.batches["ours"][0]
+        ours_loss, base_loss = bench.model(**batch).loss.item(), full_logits_loss(bench.model, batch).item()
+    print(f"loss check on the same inputs: ours {ours_loss:.4f}, full-logits {base_loss:.4f}")
+    totals = run(bench, args)
+
+    utterances = args.steps * args.batch_size
     audio_seconds = float(sum(d.sum() for d in bench.durations[args.warmup :]))
-    results = {}
-    for name in VARIANTS:
-        total = totals[name]
-        results[name] = {
+    results = {
+        name: {
             "utterances_per_s": utterances / total["wall"],
             "audio_hours_per_hour": audio_seconds / total["wall"],
             "wall_seconds": total["wall"],
@@ -177,6 +168,8 @@ def main(argv=None):
             "sequence_lengths": [b["input_ids"].shape[1] for b in bench.batches[name]],
             "losses": total["losses"],
         }
+        for name, total in totals.items()
+    }
     ours, base = results["ours"], results["baseline"]
     speedup = ours["utterances_per_s"] / base["utterances_per_s"]
     cpu_speedup = base["cpu_seconds"] / ours["cpu_seconds"]
@@ -186,24 +179,36 @@ def main(argv=None):
         "ours": "ours (real length, LM head on labels)",
         "baseline": f"baseline (30 s pad, {args.baseline_audio_tokens} audio tokens, full logits)",
     }
+
+    def memory_cells(r):
+        if not r["peak_memory_bytes"]:
+            return ["n/a", "n/a"]
+        return [f"{gib(r['peak_memory_bytes']):.2f}", f"{gib(r['peak_memory_bytes'] - r['resting_memory_bytes']):.2f}"]
+
     rows = [
-        [
-            labels[name],
-            f"{r['utterances_per_s']:.3f}",
-            f"{r['audio_hours_per_hour']:.1f}",
-            f"{gib(r['peak_memory_bytes']):.2f}" if r["peak_memory_bytes"] else "n/a",
-            f"{gib(r['peak_memory_bytes'] - r['resting_memory_bytes']):.2f}" if r["peak_memory_bytes"] else "n/a",
-        ]
+        [labels[name], f"{r['utterances_per_s']:.3f}", f"{r['audio_hours_per_hour']:.1f}", *memory_cells(r)]
         for name, r in results.items()
     ]
-    name = results_name("train_throughput", device, args)
     memory_kind = (
         "torch.cuda.max_memory_allocated"
         if device.type == "cuda"
         else "peak RSS (VmHWM, reset via /proc/self/clear_refs after malloc_trim)"
     )
+    cpu_note = f", {cpu_speedup:.2f}x by process CPU time" if device.type == "cpu" else ""
+    notes = [
+        f"measured: speedup {speedup:.2f}x utterances/s (wall){cpu_note}; peak-memory ratio {memory_ratio:.2f}x "
+        "(baseline / ours)",
+        f"measured: {args.steps} timed steps of batch {args.batch_size} per variant after {args.warmup} warm-up, "
+        f"variants alternating in one process; random weights at the reference widths, {depth}",
+        f"memory: {memory_kind} around each step, maximum over the variant's steps, weights included",
+        "batches: grouped by duration as the trainer does (sorted pool of 50 batches)"
+        if args.batching == "grouped"
+        else "batches: random, ours padded to the longest clip of each",
+        "baseline loss: full-vocabulary logits on every position, then cross-entropy (use_cache=False)",
+        *setting_notes(args),
+    ]
     path = write_results(
-        name,
+        results_name("train_throughput", device, args),
         {
             "title": f"Training throughput, {depth} at reference widths ({device.type}, {dtype})",
             "machine": machine_info(device),
@@ -225,29 +230,7 @@ def main(argv=None):
                     ],
                 }
             ],
-            "notes": [
-                f"measured: speedup {speedup:.2f}x utterances/s (wall)"
-                + (f", {cpu_speedup:.2f}x by process CPU time" if device.type == "cpu" else "")
-                + f"; peak-memory ratio {memory_ratio:.2f}x (baseline / ours)",
-                f"measured: {args.steps} timed steps of batch {batch_size} per variant after {args.warmup} warm-up, variants "
-                f"alternating in one process; random weights at the reference widths, {depth}",
-                f"memory: {memory_kind} around each step, maximum over the variant's steps, weights included",
-                "data: clip durations lognormal (mean 8.4 s, sigma 0.6, clipped to 1-30 s, seeded); transcripts 2.7 words/s "
-                "x 1.3 tokens/word as random token ids; "
-                + (
-                    "batches grouped by duration as the trainer does (sorted pool of 50 batches)"
-                    if args.batching == "grouped"
-                    else "random batches, ours padded to the longest clip of each"
-                ),
-                "baseline: same model and weights, processor with pad_audio_to_30s, "
-                + (
-                    "each of the 375 projected audio embeddings fed twice (750 LLM positions, as in the common 2x-pooled "
-                    "design), "
-                    if args.baseline_audio_tokens == 750
-                    else "375 audio tokens, "
-                )
-                + "full-vocabulary logits on every position then cross-entropy (use_cache=False)",
-            ],
+            "notes": notes,
         },
     )
     print(f"results: {path}")
