@@ -217,13 +217,13 @@ class ASRCollator:
         rows = [self.processor.tokenize(c["num_samples"], e["text"], e["cache_index"]) for c, e in zip(cached, examples)]
         batch = {key: torch.tensor(value) for key, value in self.processor.pad_tokens(rows).items()}
         frames = max(c["hidden_states"].shape[0] for c in cached)
-        hidden = torch.stack([nn_pad(c["hidden_states"], frames) for c in cached]).float()
+        hidden = torch.stack([pad_frames(c["hidden_states"], frames) for c in cached]).float()
         lengths = torch.tensor([c["hidden_states"].shape[0] for c in cached])
         batch["mm_encoder_outputs"] = {"audio": (hidden, lengths)}
         return batch
 
 
-def nn_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+def pad_frames(tensor: torch.Tensor, length: int) -> torch.Tensor:
     """Zero-pads (frames, dim) to `length` frames."""
     return torch.nn.functional.pad(tensor, (0, 0, 0, length - tensor.shape[0]))
 

@@ -9,10 +9,10 @@ from transformers.pipelines.base import ChunkPipeline
 
 try:
     from .configuration_asr import HOP_LENGTH, SAMPLING_RATE
-    from .processing_asr import InvalidAudioError, load_audio, read_audio_file, to_mono_float32
+    from .processing_asr import InvalidAudioError, load_audio, read_audio_file
 except ImportError:
     from configuration_asr import HOP_LENGTH, SAMPLING_RATE
-    from processing_asr import InvalidAudioError, load_audio, read_audio_file, to_mono_float32
+    from processing_asr import InvalidAudioError, load_audio, read_audio_file
 
 FILE_BLOCK_SECONDS = 10
 QUIET_FRAME = 400  # 25 ms frames when looking for a quiet point to split at
@@ -145,4 +145,4 @@ class ASRPipeline(ChunkPipeline):
         return result
 
 
-__all__ = ["ASRPipeline", "split_at_quiet_points", "to_mono_float32"]
+__all__ = ["ASRPipeline", "file_blocks", "split_at_quiet_points"]
