@@ -132,6 +132,7 @@ class RecipeArguments:
     ctc_batch_size: int = 16
     cache_encoder_outputs: bool = field(default=False, metadata={"help": "run the frozen encoder once per clip"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop the LLM stage after this long"})
+    eval_only: bool = field(default=False, metadata={"help": "evaluate the model (e.g. --init_from DIR), no training"})
 
 
 @dataclass
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     if hub_repo:
         trainer.add_callback(HubPush(hub_repo, bool(training_args.hub_private_repo)))
     metrics = {}
-    if training_args.do_train or not training_args.do_eval:
+    if not recipe.eval_only:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
         trainer.save_state()

@@ -29,9 +29,12 @@ def logged_losses(checkpoint_dir) -> list[float]:
 
 
 def test_smoke_recipe_learns_and_saves_only_trained_weights(tmp_path):
-    metrics = run(tmp_path, "--max_steps", "40", "--save_strategy", "steps", "--save_steps", "40")
+    metrics = run(tmp_path, "--max_steps", "40", "--save_strategy", "steps", "--save_steps", "40",
+                  "--eval_strategy", "steps", "--eval_steps", "20")
     losses = logged_losses(tmp_path / "checkpoint-40")
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.5, losses
+    history = json.loads((tmp_path / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "eval_wer" in entry] == [20, 40]
     results = json.loads((tmp_path / "all_results.json").read_text())
     assert "eval_wer" in results and results["eval_wer"] == metrics["eval_wer"]
     for folder in (tmp_path, tmp_path / "checkpoint-40"):
