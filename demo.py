@@ -1,8 +1,8 @@
 """`make demo`: train the offline `tiny` preset on the synthetic corpus, score it, and transcribe a held-out clip.
 
-    python demo.py --corpus outputs/speech_corpus --output_dir outputs/demo [--train_minutes 8] [--ctc_steps 1500]
+    python demo.py --corpus outputs/speech_corpus --output_dir outputs/demo [--train_minutes 8] [--ctc_steps 600]
 
-Runs on 2 CPU cores in about 20 minutes with the defaults. Any other flag is passed to train_trainer.py.
+Runs on 2 CPU cores in about 15 minutes with the defaults. Any other flag is passed to train_trainer.py.
 """
 
 import argparse
