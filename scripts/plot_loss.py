@@ -15,10 +15,11 @@ def main(run_dir: str, out: str) -> None:
     record = json.loads((run / "training_run.json").read_text())
     history = json.loads((run / "trainer_state.json").read_text())["log_history"]
     ctc = next((stage["loss"] for stage in record["stages"] if stage["stage"] == "ctc_warmup"), [])
-    figure, (ctc_axis, llm_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2 if ctc else 1, figsize=(11 if ctc else 6, 4), squeeze=False)
+    llm_axis = axes[0, -1]
     if ctc:
-        ctc_axis.plot([e["ctc_step"] for e in ctc], [e["ctc_loss"] for e in ctc])
-    ctc_axis.set(title="Stage 0: CTC warm-up (projector only)", xlabel="step", ylabel="CTC loss")
+        axes[0, 0].plot([e["ctc_step"] for e in ctc], [e["ctc_loss"] for e in ctc])
+        axes[0, 0].set(title="Stage 0: CTC warm-up (projector only)", xlabel="step", ylabel="CTC loss")
     train = [(e["step"], e["loss"]) for e in history if "loss" in e]
     llm_axis.plot(*zip(*train), label="train loss")
     evals = [(e["step"], e["eval_wer"]) for e in history if "eval_wer" in e]
