@@ -216,16 +216,10 @@ class ASRCollator:
         cached = [self.encoder_cache[e["cache_index"]] for e in examples]
         rows = [self.processor.tokenize(c["num_samples"], e["text"], e["cache_index"]) for c, e in zip(cached, examples)]
         batch = {key: torch.tensor(value) for key, value in self.processor.pad_tokens(rows).items()}
-        frames = max(c["hidden_states"].shape[0] for c in cached)
-        hidden = torch.stack([pad_frames(c["hidden_states"], frames) for c in cached]).float()
+        hidden = torch.nn.utils.rnn.pad_sequence([c["hidden_states"] for c in cached], batch_first=True).float()
         lengths = torch.tensor([c["hidden_states"].shape[0] for c in cached])
         batch["mm_encoder_outputs"] = {"audio": (hidden, lengths)}
         return batch
-
-
-def pad_frames(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero-pads (frames, dim) to `length` frames."""
-    return torch.nn.functional.pad(tensor, (0, 0, 0, length - tensor.shape[0]))
 
 
 @torch.no_grad()
