@@ -57,13 +57,28 @@ def split_at_quiet_points(blocks, max_samples: int, min_samples: int):
         yield offset, buffer
 
 
+def approximate_seconds(inputs, sampling_rate: int | None = None) -> float:
+    """Duration of a pipeline input without decoding it, to order a list by length; 0 when it cannot be told cheaply."""
+    if isinstance(inputs, dict):
+        source = next((inputs[key] for key in ("array", "raw", "path") if inputs.get(key) is not None), None)
+        return approximate_seconds(source, inputs.get("sampling_rate", sampling_rate))
+    if isinstance(inputs, (str, Path)):
+        try:
+            return sf.info(str(inputs)).duration
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            return 0.0  # preprocess raises the clear error for this input
+    shape = getattr(inputs, "shape", None)  # numpy array or torch tensor, possibly (channels, samples)
+    return max(shape, default=0) / (sampling_rate or SAMPLING_RATE) if shape is not None else 0.0
+
+
 class ASRPipeline(ChunkPipeline):
     """Transcribes audio of any length with an `ASRModel`.
 
     Inputs: a file path (wav, flac, ogg, mp3, ...), raw file bytes, a 16 kHz numpy array or torch tensor, or a dict
     `{"array" | "raw": samples, "sampling_rate": rate}`; any sample rate, mono or stereo, float or int PCM. Audio longer
     than `chunk_length_s` (30 s) is split at quiet points and transcribed whole; `return_timestamps=True` adds the
-    start and end of each piece. Clips of a batch (`batch_size`) are decoded together.
+    start and end of each piece. Clips of a batch (`batch_size`) are decoded together; a list of inputs is run
+    longest first, so each batch holds clips of similar length (little padding), and results keep the input order.
     """
 
     _load_processor = True
@@ -75,6 +90,17 @@ class ASRPipeline(ChunkPipeline):
         super().__init__(*args, **kwargs)
         # The processor builds features clip by clip; the generic batch collate must not try to pad them.
         self.feature_extractor = None
+
+    def __call__(self, inputs=None, *args, **kwargs):
+        if not isinstance(inputs, list) or len(inputs) < 2:
+            return super().__call__(inputs, *args, **kwargs)
+        rate = kwargs.get("sampling_rate")
+        order = sorted(range(len(inputs)), key=lambda index: -approximate_seconds(inputs[index], rate))
+        outputs = super().__call__([inputs[index] for index in order], *args, **kwargs)
+        results = [None] * len(inputs)
+        for index, output in zip(order, outputs):
+            results[index] = output
+        return results
 
     def _sanitize_parameters(
         self, return_timestamps=None, chunk_length_s=None, sampling_rate=None, max_new_tokens=None, streamer=None, **kwargs
@@ -145,4 +171,4 @@ class ASRPipeline(ChunkPipeline):
         return result
 
 
-__all__ = ["ASRPipeline", "file_blocks", "split_at_quiet_points"]
+__all__ = ["ASRPipeline", "approximate_seconds", "file_blocks", "split_at_quiet_points"]

@@ -63,6 +63,24 @@ def test_batch_size_four_matches_batch_size_one(asr):
     assert asr(clips, batch_size=4) == asr(clips, batch_size=1)
 
 
+def test_a_list_runs_longest_first_and_keeps_its_order(asr, tmp_path, monkeypatch):
+    seconds = (0.3, 2.2, 6.1, 1.4)
+    clips = [noise(s, seed=i) for i, s in enumerate(seconds)]
+    clips[1] = write(tmp_path / "clip.wav", clips[1], 16_000)  # a file's duration comes from its header
+    one_by_one = [asr(clip) for clip in clips]
+    batch_frames = []
+    generate = asr.model.generate
+
+    def recording_generate(**inputs):
+        batch_frames.append(inputs["input_features_mask"].sum(-1).tolist())
+        return generate(**inputs)
+
+    monkeypatch.setattr(asr.model, "generate", recording_generate)
+    assert asr(clips, batch_size=2) == one_by_one
+    frames = [round(s * 100) for s in sorted(seconds, reverse=True)]
+    assert batch_frames == [frames[:2], frames[2:]]
+
+
 def test_long_audio_is_split_at_quiet_points_with_timestamps(asr):
     speech = noise(75.0, seed=9)
     speech[int(24.0 * 16_000) : int(24.6 * 16_000)] = 0  # a pause the splitter should find
