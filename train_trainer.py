@@ -32,10 +32,10 @@ from asr_data import (
     scan,
 )
 from ctc_warmup import CTCWarmup
-from evaluate_asr import evaluate_model
+from evaluate_asr import evaluate_model, word_error_rate
 from modeling_asr import ASRModel
 from presets import build
-from processing_asr import ASRProcessor
+from processing_asr import ASRProcessor, load_audio
 
 logger = logging.getLogger("train_trainer")
 
@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     if data_args.eval_split_name:
         eval_data, _ = load_split(data_args, data_args.eval_split_name, training_args.seed, data_args.max_eval_samples, False)
 
+    wer_examples = list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None
     encoder_cache, stages = None, []
     if data_args.streaming:
         train_data = DecodedStream(
@@ -298,6 +299,11 @@ def main(argv: list[str] | None = None) -> dict:
         )
         history = warmup.train(recipe.ctc_warmup_steps)
         stages.append({"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": history})
+        if wer_examples:
+            readings = warmup.transcribe([load_audio(example["audio"]) for example in wer_examples])
+            stages[-1]["greedy_ctc_wer"] = word_error_rate([example["text"] for example in wer_examples], readings)
+            logger.info(f"greedy CTC reading after stage 0: WER {stages[-1]['greedy_ctc_wer']:.1%} "
+                        f"on {len(wer_examples)} {data_args.eval_split_name} clips")
 
     trainer = ASRTrainer(
         model=model,
@@ -306,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_data,
         data_collator=ASRCollator(processor, encoder_cache, data_args.spec_augment, training_args.seed),
         processing_class=processor,
-        wer_examples=list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None,
+        wer_examples=wer_examples,
     )
     if recipe.max_train_minutes:
         trainer.add_callback(TimeBudget(recipe.max_train_minutes))
