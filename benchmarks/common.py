@@ -391,12 +391,6 @@ def benchmark_parser(doc: str) -> argparse.ArgumentParser:
         help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s",
     )
     parser.add_argument(
-        "--frame-bucket",
-        type=int,
-        default=0,
-        help="pad ours' mel frames to a multiple of this (0: off; see bucket_frames)",
-    )
-    parser.add_argument(
         "--no-cudnn-attention",
         action="store_true",
         help="keep SDPA off its cuDNN backend (which builds a graph per new sequence length)",
@@ -427,7 +421,7 @@ def setting_notes(args) -> list[str]:
         "tokens/word as random token ids; prompt from a small offline chat tokenizer (~20 tokens)",
         f"baseline: the same model and weights; processor with pad_audio_to_30s, {baseline}",
     ]
-    if args.frame_bucket:
+    if getattr(args, "frame_bucket", 0):
         notes.append(f"setting: ours' mel frames padded to a multiple of {args.frame_bucket} (fewer distinct shapes)")
     if args.no_cudnn_attention:
         notes.append("setting: SDPA's cuDNN backend disabled (torch.backends.cuda.enable_cudnn_sdp(False))")
@@ -440,7 +434,7 @@ def results_name(benchmark: str, device: torch.device, args) -> str:
     """`<benchmark>_<device>` plus a suffix per non-default setting that changes the comparison."""
     name = f"{benchmark}_{device.type}" + ("_full" if args.full_depth else "")
     name += "_b375" if args.baseline_audio_tokens == 375 else ""
-    name += f"_bucket{args.frame_bucket}" if args.frame_bucket else ""
+    name += f"_bucket{args.frame_bucket}" if getattr(args, "frame_bucket", 0) else ""
     name += "_prewarm" if getattr(args, "prewarm_shapes", False) else ""
     return name + ("_nocudnnattn" if args.no_cudnn_attention else "")
 

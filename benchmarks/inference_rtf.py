@@ -1,13 +1,14 @@
-"""Inference speed as RTFx (audio seconds per wall second) of processor + `model.generate`, ours vs the baseline.
+"""Inference speed as RTFx (audio seconds per wall second), ours through the pipeline vs the padded baseline.
 
-Ours runs clips at their real length, at batch 1 and batch 8 (clips in arrival order, not sorted by length); the
-baseline pads every clip to 30 s and runs one clip at a time. Every clip decodes exactly `--new-tokens` tokens
-(`min_new_tokens = max_new_tokens`), so a random model's early or late end-of-turn does not distort the timing.
+Ours is `pipeline(list_of_clips, batch_size=B)` at batch 1 and batch 8: clips at their real length, the list run
+longest first so that a batch holds clips of similar length. The baseline pads every clip to 30 s and runs processor +
+`model.generate` one clip at a time. Every clip decodes exactly `--new-tokens` tokens (`min_new_tokens =
+max_new_tokens`), so a random model's early or late end-of-turn does not distort the timing.
 
 (a) the reference build's widths at reduced depth with random weights; (b) the `tiny` preset with its real base
 weights when they can be loaded (skipped with a message otherwise).
 
-    python benchmarks/inference_rtf.py                 # CPU, 2 + 2 layers, 8 clips (~9 min on 2 shared cores)
+    python benchmarks/inference_rtf.py                 # CPU, 2 + 2 layers, 32 clips (~7 min on 2 free cores)
     python benchmarks/inference_rtf.py --device cuda
 """
 
@@ -19,7 +20,6 @@ from common import (
     baseline_inputs,
     baseline_processor,
     benchmark_parser,
-    bucket_frames,
     build_reference,
     clip_durations,
     finish_args,
@@ -33,23 +33,30 @@ from common import (
     write_results,
 )
 
+from pipeline_asr import ASRPipeline
+
 
 def parse_args(argv=None):
     parser = benchmark_parser(__doc__)
-    parser.add_argument("--clips", type=int, help="clips per variant (default 8 on cpu, 64 on cuda)")
+    parser.add_argument("--clips", type=int, help="clips per variant (default 32 on cpu, 128 on cuda)")
     parser.add_argument("--batch-size", type=int, default=8, help="the batched run's batch size")
     parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1, help="timed passes over the clips, variants alternating")
     parser.add_argument("--skip-tiny", action="store_true", help="skip (b), the tiny preset with real weights")
     args = finish_args(parser.parse_args(argv))
-    args.clips = args.clips or (64 if args.device == "cuda" else 8)
+    args.clips = args.clips or (128 if args.device == "cuda" else 32)
     return args
 
 
-def transcribe(model, processor, clips, batch_size, new_tokens, audio_repeat, device, frame_bucket=0) -> None:
-    """The pipeline's work for `clips`: features and prompt, then greedy decoding of `new_tokens` per clip."""
-    for start in range(0, len(clips), batch_size):
-        inputs = bucket_frames(processor(audio=clips[start : start + batch_size]), frame_bucket)
-        inputs = {key: value.to(device) for key, value in inputs.items()}
+def transcribe_ours(asr: ASRPipeline, clips, batch_size: int, new_tokens: int) -> None:
+    """What a user runs: the pipeline on a list of clips."""
+    asr(clips, batch_size=batch_size, generate_kwargs={"max_new_tokens": new_tokens, "min_new_tokens": new_tokens})
+
+
+def transcribe_baseline(model, processor, clips, new_tokens: int, audio_repeat: int, device) -> None:
+    """The padded design: each clip padded to 30 s, features and prompt, then greedy decoding, one clip at a time."""
+    for clip in clips:
+        inputs = {key: value.to(device) for key, value in processor(audio=[clip]).items()}
         inputs = baseline_inputs(model, inputs, audio_repeat)
         prompt_length = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
         generated = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
@@ -57,34 +64,29 @@ def transcribe(model, processor, clips, batch_size, new_tokens, audio_repeat, de
 
 
 def measure(build_name, model, processor, args, device) -> list[dict]:
-    """Times ours at batch 1 and batch N and the baseline at batch 1 on the same clips, interleaved in one process."""
+    """Times ours at batch 1 and batch N and the baseline on the same clips, alternating in one process."""
     model.eval()
     durations = clip_durations(args.clips, args.seed)
     clips = synthetic_clips(durations, args.seed)
+    asr = ASRPipeline(model=model, processor=processor, device=device)
     padded = baseline_processor(processor, model.config)
-    # (name, batch size, processor, times each audio embedding is fed, frame bucket)
-    variants = [
-        ("ours", 1, processor, 1, args.frame_bucket),
-        ("ours", args.batch_size, processor, 1, args.frame_bucket),
-        (f"baseline ({args.baseline_audio_tokens} audio tokens)", 1, padded, args.baseline_audio_tokens // 375, 0),
+    repeat = args.baseline_audio_tokens // 375
+    variants = [  # (name, batch size, run on a list of clips)
+        ("ours (pipeline)", 1, lambda group: transcribe_ours(asr, group, 1, args.new_tokens)),
+        ("ours (pipeline)", args.batch_size, lambda group: transcribe_ours(asr, group, args.batch_size, args.new_tokens)),
+        (f"baseline ({args.baseline_audio_tokens} audio tokens)", 1,
+         lambda group: transcribe_baseline(model, padded, group, args.new_tokens, repeat, device)),
     ]
-    seconds, cpu_seconds = [0.0] * len(variants), [0.0] * len(variants)
+    seconds = [0.0] * len(variants)
     with torch.inference_mode():
-        for _, batch_size, variant_processor, repeat, bucket in variants:  # warm-up on two clips
-            transcribe(model, variant_processor, clips[:2], min(batch_size, 2), args.new_tokens, repeat, device, bucket)
-        # Interleave by groups of `batch_size` clips so background load hits every variant alike.
-        for start in range(0, len(clips), args.batch_size):
-            group = clips[start : start + args.batch_size]
-            for index, (_, size, variant_processor, repeat, bucket) in enumerate(variants):
-                run = partial(
-                    transcribe, model, variant_processor, group, size, args.new_tokens, repeat, device, bucket
-                )
-                _, wall, cpu = timed(run, device)
-                seconds[index] += wall
-                cpu_seconds[index] += cpu
-    audio = float(durations.sum())
+        for _, _, run in variants:  # warm-up on two clips
+            run(clips[:2])
+        for _ in range(args.rounds):
+            for index, (_, _, run) in enumerate(variants):
+                seconds[index] += timed(partial(run, clips), device)[1]
+    audio = float(durations.sum()) * args.rounds
     rows = []
-    for (name, batch_size, *_), wall, cpu in zip(variants, seconds, cpu_seconds):
+    for (name, batch_size, _), wall in zip(variants, seconds):
         rows.append(
             {
                 "build": build_name,
@@ -92,7 +94,6 @@ def measure(build_name, model, processor, args, device) -> list[dict]:
                 "batch_size": batch_size,
                 "audio_seconds": audio,
                 "wall_seconds": wall,
-                "cpu_seconds": cpu,
                 "rtfx": audio / wall,
             }
         )
@@ -156,12 +157,12 @@ def main(argv=None):
             "ours_vs_baseline_batch1": vs_baseline,
             "tables": [{"title": "", "headers": ["build", "variant", "batch", "RTFx", "wall s"], "rows": table_rows}],
             "notes": [
-                f"measured: RTFx = audio seconds / wall seconds of processor + generate over {args.clips} clips "
+                f"measured: RTFx = audio seconds / wall seconds over {args.clips} clips x {args.rounds} round(s) "
                 f"({rows[0]['audio_seconds']:.0f} s of audio), {args.new_tokens} new tokens per clip (forced), greedy",
                 f"measured: batch {args.batch_size} / batch 1 = {batch_gain:.2f}x; ours batch 1 / baseline = "
                 f"{vs_baseline:.2f}x (reference widths)",
-                "clips in arrival order (not sorted by duration): a batch pads to its longest clip; the baseline runs "
-                "one clip at a time",
+                "ours: pipeline(clips, batch_size=B), which runs a list longest first (a batch pads to its longest "
+                "clip); baseline: processor + generate, one 30 s-padded clip at a time",
                 *setting_notes(args),
             ],
         },

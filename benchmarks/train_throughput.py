@@ -52,6 +52,12 @@ def parse_args(argv=None):
         help="grouped by duration like the trainer (default), or random batches",
     )
     parser.add_argument(
+        "--frame-bucket",
+        type=int,
+        default=0,
+        help="pad ours' mel frames to a multiple of this (0: off; see bucket_frames)",
+    )
+    parser.add_argument(
         "--prewarm-shapes",
         action="store_true",
         help="run every batch once, untimed, first: excludes per-shape setup (steady state of a long "
