@@ -189,8 +189,10 @@ def _datasets(part: dict, folder: Path) -> tuple[str | None, list[str]]:
 
 
 def _pairs(mapping: dict, skip: str = "") -> str:
-    """`key value, ...` of a dict, without None values."""
-    return ", ".join(f"{key} {value}" for key, value in mapping.items() if key != skip and value is not None)
+    """`key value, ...` of a dict's scalar entries (no None, no lists such as a loss history)."""
+    return ", ".join(
+        f"{key} {value}" for key, value in mapping.items() if key != skip and isinstance(value, (str, int, float))
+    )
 
 
 def _cell(value) -> str:

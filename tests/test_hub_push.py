@@ -54,7 +54,7 @@ RUN_RECORD = {
     "command": "python train_trainer.py --preset tiny",
     "base_models": {"audio": {"id": None, "revision": None}, "text": {"id": None, "revision": None}},
     "trainable_parameters": 33088,
-    "stages": [{"stage": "ctc_warmup", "steps": 10, "final_loss": 3.5}, {"stage": "llm", "steps": 40, "lora_rank": 0}],
+    "stages": [{"stage": "ctc_warmup", "steps": 10, "final_loss": 3.5, "loss": [{"ctc_step": 10, "ctc_loss": 3.5}]}, {"stage": "llm", "steps": 40, "lora_rank": 0}],
     "data": {
         "train": {
             "dataset": "tester/speech-corpus",
