@@ -343,6 +343,9 @@ def settings_label(settings: dict) -> str:
     labels = []
     if settings.get("baseline_audio_tokens") == 375:
         labels.append("baseline 375 audio tokens")
+    default_dtype = "bfloat16" if settings.get("device") == "cuda" else "float32"
+    if settings.get("dtype", default_dtype) != default_dtype:
+        labels.append(f"frozen parts in {settings['dtype']}")
     if settings.get("frame_bucket"):
         labels.append(f"ours' frames padded to a multiple of {settings['frame_bucket']}")
     if settings.get("no_cudnn_attention"):
@@ -433,6 +436,7 @@ def setting_notes(args) -> list[str]:
 def results_name(benchmark: str, device: torch.device, args) -> str:
     """`<benchmark>_<device>` plus a suffix per non-default setting that changes the comparison."""
     name = f"{benchmark}_{device.type}" + ("_full" if args.full_depth else "")
+    name += f"_{args.dtype}" if args.dtype else ""
     name += "_b375" if args.baseline_audio_tokens == 375 else ""
     name += f"_bucket{args.frame_bucket}" if getattr(args, "frame_bucket", 0) else ""
     name += "_prewarm" if getattr(args, "prewarm_shapes", False) else ""
