@@ -301,10 +301,9 @@ def main(argv: list[str] | None = None) -> dict:
         stages.append({"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": history})
         if wer_examples:
             readings = warmup.transcribe([load_audio(example["audio"]) for example in wer_examples])
-            references = [example["text"] for example in wer_examples]
-            stages[-1]["greedy_ctc_wer"] = round(word_error_rate(references, readings), 4)
-            logger.info(f"greedy CTC reading after stage 0: WER {stages[-1]['greedy_ctc_wer']:.1%} "
-                        f"on {len(wer_examples)} {data_args.eval_split_name} clips")
+            wer = word_error_rate([example["text"] for example in wer_examples], readings)
+            stages[-1]["greedy_ctc_wer"] = round(wer, 4)
+            logger.info(f"greedy CTC reading after stage 0: WER {wer:.1%} on {len(wer_examples)} eval clips")
 
     trainer = ASRTrainer(
         model=model,
