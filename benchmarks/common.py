@@ -348,8 +348,6 @@ def settings_label(settings: dict) -> str:
         labels.append(f"frozen parts in {settings['dtype']}")
     if settings.get("frame_bucket"):
         labels.append(f"ours' frames padded to a multiple of {settings['frame_bucket']}")
-    if settings.get("no_cudnn_attention"):
-        labels.append("cuDNN attention off")
     if settings.get("prewarm_shapes"):
         labels.append("shapes pre-warmed")
     return f" [{'; '.join(labels)}]" if labels else ""
@@ -393,21 +391,14 @@ def benchmark_parser(doc: str) -> argparse.ArgumentParser:
         default=750,
         help="750: the common design's LLM input (default); 375: this model's own pad_audio_to_30s",
     )
-    parser.add_argument(
-        "--no-cudnn-attention",
-        action="store_true",
-        help="keep SDPA off its cuDNN backend (which builds a graph per new sequence length)",
-    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def finish_args(args):
-    """Applies --full-depth and --no-cudnn-attention; returns args."""
+    """Applies --full-depth; returns args."""
     if args.full_depth:
         args.encoder_layers, args.llm_layers = REFERENCE_ENCODER_LAYERS, REFERENCE_LLM_LAYERS
-    if args.no_cudnn_attention:
-        torch.backends.cuda.enable_cudnn_sdp(False)
     return args
 
 
@@ -426,8 +417,6 @@ def setting_notes(args) -> list[str]:
     ]
     if getattr(args, "frame_bucket", 0):
         notes.append(f"setting: ours' mel frames padded to a multiple of {args.frame_bucket} (fewer distinct shapes)")
-    if args.no_cudnn_attention:
-        notes.append("setting: SDPA's cuDNN backend disabled (torch.backends.cuda.enable_cudnn_sdp(False))")
     if getattr(args, "prewarm_shapes", False):
         notes.append("setting: every timed batch ran once, untimed, first (per-shape setup costs excluded)")
     return notes
@@ -440,7 +429,7 @@ def results_name(benchmark: str, device: torch.device, args) -> str:
     name += "_b375" if args.baseline_audio_tokens == 375 else ""
     name += f"_bucket{args.frame_bucket}" if getattr(args, "frame_bucket", 0) else ""
     name += "_prewarm" if getattr(args, "prewarm_shapes", False) else ""
-    return name + ("_nocudnnattn" if args.no_cudnn_attention else "")
+    return name
 
 
 def resolve_device(name: str) -> torch.device:
