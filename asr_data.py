@@ -224,14 +224,14 @@ class ASRCollator:
 
 @torch.no_grad()
 def build_encoder_cache(model, processor: ASRProcessor, dataset: Dataset, batch_size: int = 16) -> list[dict]:
-    """Runs the frozen encoder once over a finite dataset; entry i holds example i's encoder output (fp16)."""
+    """Runs the frozen encoder layers once over a finite dataset; entry i holds example i's output (fp16)."""
     order = np.argsort(dataset["length"])
     cache = [None] * len(dataset)
     for start in tqdm(range(0, len(order), batch_size), desc="caching encoder outputs"):
         indices = [int(i) for i in order[start : start + batch_size]]
         clips = [load_audio(dataset[i]["audio"]) for i in indices]
         batch = processor(audio=clips)
-        hidden, lengths = model.encode_audio(batch["input_features"], batch["input_features_mask"].sum(-1))
+        hidden, lengths = model.encode_audio_frozen(batch["input_features"], batch["input_features_mask"].sum(-1))
         for row, index in enumerate(indices):
             cache[index] = {"hidden_states": hidden[row, : lengths[row]].half(), "num_samples": clips[row].size}
     return cache

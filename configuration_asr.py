@@ -72,6 +72,8 @@ class ASRConfig(PreTrainedConfig):
         pad_audio_to_30s (`bool`): pad every clip to 30 s like Whisper (375 audio tokens); for comparisons only.
         max_new_tokens_per_second / min_new_tokens_cap (`float` / `int`): cap generated tokens by audio duration.
         lora_rank / lora_alpha / lora_dropout / lora_target_modules: optional LoRA adapters on the LLM (rank 0: none).
+        trained_encoder_layers (`int`): the top N Whisper encoder layers (and its final layer norm) train too, to adapt
+            the encoder to a new kind of speech; the layers below stay frozen (and cacheable).
         trained_weights_only (`bool`): set on save when the weights file holds only the projector and adapters.
     """
 
@@ -133,6 +135,7 @@ class ASRConfig(PreTrainedConfig):
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | None = None
+    trained_encoder_layers: int = 0
     trained_weights_only: bool = False
     tie_word_embeddings: bool = False
 
@@ -142,6 +145,11 @@ class ASRConfig(PreTrainedConfig):
             raise ValueError(f"user_prompt {self.user_prompt!r} must contain the audio placeholder {self.audio_token!r}")
         if self.projector_hidden_size is None:
             self.projector_hidden_size = self.text_config.hidden_size
+        if not 0 <= self.trained_encoder_layers <= self.audio_config.encoder_layers:
+            raise ValueError(
+                f"trained_encoder_layers must lie in [0, {self.audio_config.encoder_layers}] (the encoder's depth), "
+                f"got {self.trained_encoder_layers}"
+            )
         if self.lora_target_modules is None:
             self.lora_target_modules = ["q_proj", "v_proj"]
 

@@ -37,7 +37,8 @@ class EmbeddingCTCHead(nn.Module):
 
 
 class CTCWarmup:
-    """Trains `model.projector` alone with CTC on a finite dataset (cached encoder outputs when available)."""
+    """Trains the projector (and any trained encoder layers) alone with CTC on a finite dataset (cached outputs of the
+    frozen encoder layers when available)."""
 
     def __init__(self, model, processor, dataset, encoder_cache=None, batch_size=16, learning_rate=1e-3, seed=0):
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
@@ -47,23 +48,23 @@ class CTCWarmup:
         self.targets = [torch.tensor([to_class[token] for token in row]) for row in targets]
         embeddings = model.get_input_embeddings().weight[self.vocab].detach()
         self.head = EmbeddingCTCHead(embeddings).to(model.projector.conv1.weight.device)
-        parameters = [*model.projector.parameters(), *self.head.parameters()]
+        self.audio_parameters = model.audio_parameters()
+        parameters = [*self.audio_parameters, *self.head.parameters()]
         self.optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
         self.batches = length_grouped_batches(list(dataset["length"]), batch_size, seed)
         self.learning_rate = learning_rate
 
-    def _encoder_outputs(self, indices: list[int]):
+    def _audio_embeddings(self, indices: list[int]):
         if self.encoder_cache is not None:
             cached = [self.encoder_cache[i]["hidden_states"] for i in indices]
             lengths = torch.tensor([c.shape[0] for c in cached])
-            return nn.utils.rnn.pad_sequence(cached, batch_first=True).float(), lengths
+            hidden = nn.utils.rnn.pad_sequence(cached, batch_first=True).float()
+            return self.model.get_audio_features(mm_encoder_outputs={"audio": (hidden, lengths)})
         batch = self.processor(audio=[load_audio(self.dataset[i]["audio"]) for i in indices])
-        with torch.no_grad():
-            return self.model.encode_audio(batch["input_features"], batch["input_features_mask"].sum(-1))
+        return self.model.get_audio_features(batch["input_features"], batch["input_features_mask"])
 
     def step(self, indices: list[int]) -> float:
-        hidden, lengths = self._encoder_outputs(indices)
-        projected, lengths = self.model.projector(hidden, lengths)
+        projected, lengths = self._audio_embeddings(indices)
         log_probs = self.head(projected).log_softmax(-1).transpose(0, 1)
         targets = [self.targets[i] for i in indices]
         loss = nn.functional.ctc_loss(
@@ -76,7 +77,7 @@ class CTCWarmup:
         )
         self.optimizer.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(self.model.projector.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(self.audio_parameters, 1.0)
         self.optimizer.step()
         return loss.item()
 
@@ -101,8 +102,7 @@ class CTCWarmup:
     def transcribe(self, clips: list) -> list[str]:
         """Greedy CTC reading of clips (collapse repeats, drop blanks): how well the audio frames alone read."""
         batch = self.processor(audio=clips)
-        hidden, lengths = self.model.encode_audio(batch["input_features"], batch["input_features_mask"].sum(-1))
-        projected, lengths = self.model.projector(hidden, lengths)
+        projected, lengths = self.model.get_audio_features(batch["input_features"], batch["input_features_mask"])
         best = self.head(projected).argmax(-1)
         texts = []
         for row, length in zip(best, lengths):

@@ -109,7 +109,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     Audio features run through the Whisper encoder at their real length (never padded to 30 s), the projector maps
     every 8 mel frames to one LLM embedding, and those embeddings replace the audio placeholder tokens of the prompt.
-    Only the projector (and optional LoRA adapters) train.
+    Only the projector (and optional LoRA adapters and top encoder layers) train.
     """
 
     def __init__(self, config: ASRConfig, audio_encoder: nn.Module | None = None, language_model: nn.Module | None = None):
@@ -121,6 +121,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         )
         if config.lora_rank > 0:
             self._inject_lora()
+        for module in self.trained_encoder_modules():
+            module.float()  # trained weights stay float32 whatever the bases' dtype
         self.freeze_base_models()
         self.post_init()
         if not self.projector.norm.weight.is_meta:
@@ -170,14 +172,26 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         return model.eval()
 
     def freeze_base_models(self) -> None:
-        """Only the projector and LoRA adapters train; the encoder and the LLM stay frozen."""
+        """Only the projector, LoRA adapters and `config.trained_encoder_layers` train; the rest stays frozen."""
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(self.is_trained_weight(name))
 
-    @staticmethod
-    def is_trained_weight(name: str) -> bool:
-        """Whether a state-dict key belongs to what this project trains (projector, LoRA), not to a base model."""
-        return name.startswith("projector.") or "lora_" in name
+    def trained_encoder_modules(self) -> list[nn.Module]:
+        """The top `config.trained_encoder_layers` encoder layers and the final layer norm (none when 0)."""
+        count, layers = self.config.trained_encoder_layers, self.audio_encoder.layers
+        return [*layers[len(layers) - count :], self.audio_encoder.layer_norm] if count else []
+
+    def audio_parameters(self) -> list[nn.Parameter]:
+        """The trained parameters between the audio and the LLM: the projector and any trained encoder layers."""
+        encoder_parameters = [p for module in self.trained_encoder_modules() for p in module.parameters()]
+        return [*self.projector.parameters(), *encoder_parameters]
+
+    def is_trained_weight(self, name: str) -> bool:
+        """Whether a state-dict key belongs to what this project trains, not to a frozen base model."""
+        count, layers = self.config.trained_encoder_layers, len(self.audio_encoder.layers)
+        trained_encoder = [f"audio_encoder.layers.{i}." for i in range(layers - count, layers)]
+        trained_encoder += ["audio_encoder.layer_norm."] if count else []
+        return name.startswith(("projector.", *trained_encoder)) or "lora_" in name
 
     def load_trained_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Loads projector and adapter weights, refusing a checkpoint that lacks any of them."""
@@ -253,7 +267,14 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     @sdpa_kernel(ATTENTION_BACKENDS)
     def encode_audio(self, input_features: torch.Tensor, feature_lengths: torch.Tensor):
-        """Runs the Whisper encoder on the real length of each clip; padding inside a batch changes nothing."""
+        """Runs the whole Whisper encoder on the real length of each clip; padding inside a batch changes nothing."""
+        hidden_states, lengths = self.encode_audio_frozen(input_features, feature_lengths)
+        return self.encode_audio_trained(hidden_states, lengths), lengths
+
+    @sdpa_kernel(ATTENTION_BACKENDS)
+    def encode_audio_frozen(self, input_features: torch.Tensor, feature_lengths: torch.Tensor):
+        """The frozen part of the encoder (convolutions, positions, all layers below the trained ones): what an
+        encoder cache holds. Mel features (batch, mels, frames) -> (batch, frames / 2, d_model) and valid lengths."""
         if input_features.shape[-1] > MAX_FEATURE_FRAMES:
             raise ValueError(
                 f"audio clips are limited to 30 s ({MAX_FEATURE_FRAMES} feature frames), got {input_features.shape[-1]}; "
@@ -267,26 +288,40 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).transpose(1, 2)
         lengths = conv_output_length(feature_lengths)
         hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
+        frozen_layers = encoder.layers[: len(encoder.layers) - self.config.trained_encoder_layers]
+        return self._run_encoder_layers(frozen_layers, hidden_states, lengths), lengths
+
+    @sdpa_kernel(ATTENTION_BACKENDS)
+    def encode_audio_trained(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The top `config.trained_encoder_layers` layers and the final layer norm, on `encode_audio_frozen`'s output."""
+        encoder = self.audio_encoder
+        hidden_states = hidden_states.to(encoder.layer_norm.weight.dtype)
+        trained_layers = encoder.layers[len(encoder.layers) - self.config.trained_encoder_layers :]
+        return encoder.layer_norm(self._run_encoder_layers(trained_layers, hidden_states, lengths))
+
+    @staticmethod
+    def _run_encoder_layers(layers, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Whisper encoder layers, with each clip's padding masked out of attention."""
         attention_mask = None
-        if (lengths < hidden_states.shape[1]).any():
+        if len(layers) and (lengths < hidden_states.shape[1]).any():
             padding = ~lengths_to_mask(lengths, hidden_states.shape[1])
             attention_mask = torch.zeros(padding.shape, dtype=hidden_states.dtype, device=hidden_states.device)
             attention_mask = attention_mask.masked_fill(padding, torch.finfo(hidden_states.dtype).min)[:, None, None, :]
-        for layer in encoder.layers:
+        for layer in layers:
             hidden_states = layer(hidden_states, attention_mask)
-        return encoder.layer_norm(hidden_states), lengths
+        return hidden_states
 
     def get_audio_features(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
-        """Mel features (batch, mels, frames), or cached encoder outputs `{"audio": (hidden_states, lengths)}`,
-        -> projected audio embeddings (batch, tokens, llm_dim) and their lengths."""
+        """Mel features (batch, mels, frames), or cached outputs of the frozen encoder layers
+        `{"audio": (hidden_states, lengths)}`, -> projected audio embeddings (batch, tokens, llm_dim) and lengths."""
         if mm_encoder_outputs is not None:
             hidden_states, lengths = mm_encoder_outputs["audio"]
-            return self.projector(hidden_states, lengths)
-        if not torch.isfinite(input_features).all():
-            raise ValueError("input_features contain NaN or Inf values; check the audio for corrupt samples")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.audio_encoder.conv1.weight.requires_grad):
-            hidden_states, lengths = self.encode_audio(input_features, input_features_mask.sum(-1))
-        return self.projector(hidden_states, lengths)
+        else:
+            if not torch.isfinite(input_features).all():
+                raise ValueError("input_features contain NaN or Inf values; check the audio for corrupt samples")
+            with torch.no_grad():
+                hidden_states, lengths = self.encode_audio_frozen(input_features, input_features_mask.sum(-1))
+        return self.projector(self.encode_audio_trained(hidden_states, lengths), lengths)
 
     def embed_prompt(self, input_ids, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
         """Token embeddings of the prompt with the projected audio spliced in at the placeholder positions."""
@@ -326,7 +361,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         r"""
         input_features (`torch.FloatTensor` of shape `(batch, mels, frames)`): log-mel features, zero-padded.
         input_features_mask (`torch.LongTensor` of shape `(batch, frames)`): 1 on the real frames of each clip.
-        mm_encoder_outputs (`dict`): `{"audio": (hidden_states, lengths)}` of a cached encoder run, instead of features.
+        mm_encoder_outputs (`dict`): `{"audio": (hidden_states, lengths)}` of a cached `encode_audio_frozen` run,
+            instead of features.
         labels (`torch.LongTensor`): target ids, -100 everywhere but the transcript and its end-of-turn token. The LM
             head then runs only on those positions.
         """

@@ -120,7 +120,10 @@ class ModelArguments:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "comma-separated module names"})
-    freeze_projector: bool = field(default=False, metadata={"help": "train only the LoRA adapters"})
+    freeze_projector: bool = field(default=False, metadata={"help": "train only the LoRA adapters (not the "
+                                   "projector nor trained encoder layers)"})
+    trained_encoder_layers: int = field(default=0, metadata={"help": "a fresh model's top N Whisper encoder layers "
+                                        "train too (the frozen ones below stay cacheable)"})
     base_dtype: str = field(default="float32", metadata={"help": "dtype of the frozen encoder and LLM (bfloat16 is "
                             "about 1.5x faster on CPUs with avx512_bf16 and on GPUs); trained weights stay float32"})
 
@@ -227,9 +230,11 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
             lora_alpha=model_args.lora_alpha,
             lora_dropout=model_args.lora_dropout,
             lora_target_modules=targets,
+            trained_encoder_layers=model_args.trained_encoder_layers,
         )
     if model_args.freeze_projector:
-        model.projector.requires_grad_(False)
+        for parameter in model.audio_parameters():
+            parameter.requires_grad_(False)
     return model, processor
 
 

@@ -1,5 +1,6 @@
 """ASRConfig, ASRModel and ASRProcessor: token counts, splicing, loss, freezing, generation, save/load."""
 
+import copy
 import json
 
 import pytest
@@ -243,6 +244,48 @@ def test_lora_adapters_are_saved_and_reloaded(tmp_path):
     assert set(lora) <= set(load_file(tmp_path / "model.safetensors"))
     reloaded = ASRModel.from_pretrained(tmp_path)
     torch.testing.assert_close(_outputs(reloaded, processor), _outputs(model, processor))
+
+
+def test_top_encoder_layers_train_and_are_saved_with_the_projector(tmp_path):
+    model, processor = build("tiny-random", trained_encoder_layers=1)
+    top, bottom = model.audio_encoder.layers[-1], model.audio_encoder.layers[0]
+    assert all(p.requires_grad for p in top.parameters()) and not any(p.requires_grad for p in bottom.parameters())
+    with torch.no_grad():
+        top.fc2.bias.add_(0.5)  # a trained change that a reload must bring back
+    model.train()
+    model(**processor(audio=[noise(1.2)], text=["one two"])).loss.backward()
+    assert top.fc1.weight.grad is not None and bottom.fc1.weight.grad is None
+    model.eval().save_pretrained(tmp_path)
+    saved = set(load_file(tmp_path / "model.safetensors"))
+    assert {f"audio_encoder.layers.1.{name}" for name, _ in top.named_parameters()} <= saved
+    assert "audio_encoder.layer_norm.weight" in saved and not any(".layers.0." in key for key in saved)
+    reloaded = ASRModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(_outputs(reloaded, processor), _outputs(model, processor))
+
+
+def test_trained_encoder_layers_keep_float32_weights_on_bfloat16_bases():
+    model, processor = build("tiny-random", trained_encoder_layers=1)
+    encoder, llm = copy.deepcopy(model.audio_encoder).bfloat16(), copy.deepcopy(model.language_model).bfloat16()
+    mixed = ASRModel(model.config, audio_encoder=encoder, language_model=llm)
+    assert all(p.dtype == torch.float32 for module in mixed.trained_encoder_modules() for p in module.parameters())
+    assert mixed.audio_encoder.layers[0].fc1.weight.dtype == torch.bfloat16
+    assert torch.isfinite(mixed(**processor(audio=[noise(1.2)], text=["one two"])).loss)
+
+
+def test_cached_frozen_encoder_outputs_give_the_same_audio_embeddings():
+    model, processor = build("tiny-random", trained_encoder_layers=1)
+    batch = processor(audio=[noise(0.8), noise(2.1, seed=1)])
+    with torch.no_grad():
+        direct, lengths = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+        frozen = model.encode_audio_frozen(batch["input_features"], batch["input_features_mask"].sum(-1))
+        cached, cached_lengths = model.get_audio_features(mm_encoder_outputs={"audio": frozen})
+    assert torch.equal(lengths, cached_lengths)
+    torch.testing.assert_close(direct, cached)
+
+
+def test_more_trained_encoder_layers_than_the_encoder_has_is_a_clear_error():
+    with pytest.raises(ValueError, match="trained_encoder_layers must lie in"):
+        build("tiny-random", trained_encoder_layers=3)
 
 
 def test_broken_checkpoint_is_refused(tmp_path, tiny_random):

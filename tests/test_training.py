@@ -16,6 +16,7 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 from asr_data import ASRCollator, SkipCounter, build_encoder_cache, scan, synthetic_tones, tone_clip
+from presets import build
 from train_trainer import main
 
 
@@ -156,6 +157,16 @@ def test_ctc_warmup_then_lora_stage_from_an_earlier_checkpoint(tmp_path):
     for name, value in weights1.items():
         assert torch.equal(weights2[name], value), f"{name} changed although the projector was frozen"
     assert json.loads((stage2 / "config.json").read_text())["lora_rank"] == 4
+
+
+def test_ctc_warmup_and_llm_stage_train_the_top_encoder_layer_over_cached_outputs(tmp_path):
+    run(tmp_path, "--max_steps", "2", "--ctc_warmup_steps", "4", "--ctc_batch_size", "4", "--eval_split_name", "",
+        "--trained_encoder_layers", "1", "--cache_encoder_outputs", "true")
+    saved = load_file(tmp_path / "model.safetensors")
+    fresh, _ = build("tiny-random", trained_encoder_layers=1)
+    top = "audio_encoder.layers.1.fc1.weight"
+    assert top in saved and not torch.equal(saved[top], fresh.state_dict()[top])
+    assert not any(".layers.0." in name for name in saved)
 
 
 def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatch):
