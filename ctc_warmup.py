@@ -40,7 +40,9 @@ class CTCWarmup:
     """Trains the projector (and any trained encoder layers) alone with CTC on a finite dataset (cached outputs of the
     frozen encoder layers when available)."""
 
-    def __init__(self, model, processor, dataset, encoder_cache=None, batch_size=16, learning_rate=1e-3, seed=0):
+    def __init__(
+        self, model, processor, dataset, encoder_cache=None, batch_size=16, learning_rate=1e-3, encoder_lr_scale=1.0, seed=0
+    ):
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
         targets = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in dataset["text"]]
         self.vocab = sorted({token for row in targets for token in row})
@@ -49,10 +51,13 @@ class CTCWarmup:
         embeddings = model.get_input_embeddings().weight[self.vocab].detach()
         self.head = EmbeddingCTCHead(embeddings).to(model.projector.conv1.weight.device)
         self.audio_parameters = model.audio_parameters()
-        parameters = [*self.audio_parameters, *self.head.parameters()]
-        self.optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+        encoder = [p for module in model.trained_encoder_modules() for p in module.parameters()]
+        groups = [{"params": [*model.projector.parameters(), *self.head.parameters()], "lr": learning_rate}]
+        groups += [{"params": encoder, "lr": learning_rate * encoder_lr_scale}] if encoder else []
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = group["lr"]  # the peak of the cosine schedule in `train`
         self.batches = length_grouped_batches(list(dataset["length"]), batch_size, seed)
-        self.learning_rate = learning_rate
 
     def _audio_embeddings(self, indices: list[int]):
         if self.encoder_cache is not None:
@@ -88,7 +93,7 @@ class CTCWarmup:
         progress = tqdm(range(steps), desc="CTC warm-up")
         for step in progress:
             for group in self.optimizer.param_groups:
-                group["lr"] = self.learning_rate * 0.5 * (1 + math.cos(math.pi * step / steps))
+                group["lr"] = group["initial_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
             running.append(self.step(next(self.batches)))
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 entry = {"ctc_step": step + 1, "ctc_loss": sum(running) / len(running)}

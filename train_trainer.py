@@ -132,6 +132,8 @@ class ModelArguments:
 class RecipeArguments:
     ctc_warmup_steps: int = field(default=0, metadata={"help": "stage 0: projector-only CTC steps before the LLM loss"})
     ctc_learning_rate: float = 1e-3
+    encoder_learning_rate_scale: float = field(default=0.1, metadata={"help": "learning rate of trained encoder layers "
+                                               "(pretrained weights) relative to that of the projector, in both stages"})
     ctc_batch_size: int = 16
     cache_encoder_outputs: bool = field(default=False, metadata={"help": "run the frozen encoder once per clip"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop the LLM stage after this long"})
@@ -183,11 +185,24 @@ class HubPush(TrainerCallback):
 
 
 class ASRTrainer(Trainer):
-    """Trainer whose evaluation adds generation-based `eval_wer` to `eval_loss`."""
+    """Trainer whose evaluation adds generation-based `eval_wer` to `eval_loss`, and whose optimizer gives trained
+    encoder layers `encoder_learning_rate_scale` times the learning rate."""
 
-    def __init__(self, *args, wer_examples=None, **kwargs):
+    def __init__(self, *args, wer_examples=None, encoder_learning_rate_scale: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.wer_examples = wer_examples
+        self.encoder_learning_rate_scale = encoder_learning_rate_scale
+
+    def create_optimizer(self, model=None):
+        encoder = [p for module in self.model.trained_encoder_modules() for p in module.parameters() if p.requires_grad]
+        if self.optimizer is None and encoder:
+            encoder_ids = {id(p) for p in encoder}
+            others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            kwargs["weight_decay"] = self.args.weight_decay
+            encoder_group = {"params": encoder, "lr": kwargs["lr"] * self.encoder_learning_rate_scale}
+            self.optimizer = optimizer_cls([{"params": others}, encoder_group], **kwargs)
+        return super().create_optimizer(model)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix) if self.eval_dataset else {}
@@ -300,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
         if data_args.streaming:
             raise ValueError("--ctc_warmup_steps needs a finite training set (no --streaming)")
         warmup = CTCWarmup(
-            model, processor, train_data, encoder_cache, recipe.ctc_batch_size, recipe.ctc_learning_rate, training_args.seed
+            model, processor, train_data, encoder_cache, recipe.ctc_batch_size, recipe.ctc_learning_rate,
+            recipe.encoder_learning_rate_scale, training_args.seed,
         )
         history = warmup.train(recipe.ctc_warmup_steps)
         stages.append({"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": history})
@@ -318,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=ASRCollator(processor, encoder_cache, data_args.spec_augment, training_args.seed),
         processing_class=processor,
         wer_examples=wer_examples,
+        encoder_learning_rate_scale=recipe.encoder_learning_rate_scale,
     )
     if recipe.max_train_minutes:
         trainer.add_callback(TimeBudget(recipe.max_train_minutes))

@@ -169,6 +169,25 @@ def test_ctc_warmup_and_llm_stage_train_the_top_encoder_layer_over_cached_output
     assert not any(".layers.0." in name for name in saved)
 
 
+def test_trained_encoder_layers_get_a_scaled_learning_rate_in_both_stages(tmp_path):
+    from transformers import TrainingArguments
+
+    from ctc_warmup import CTCWarmup
+    from train_trainer import ASRTrainer
+
+    model, processor = build("tiny-random", trained_encoder_layers=1)
+    dataset = scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0)
+    encoder = {id(p) for module in model.trained_encoder_modules() for p in module.parameters()}
+    warmup = CTCWarmup(model, processor, dataset, learning_rate=1e-3, encoder_lr_scale=0.1)
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, report_to=[])
+    trainer = ASRTrainer(model=model, args=args, processing_class=processor, encoder_learning_rate_scale=0.1)
+    for optimizer in (warmup.optimizer, trainer.create_optimizer()):
+        rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        assert {rates[i] for i in encoder} == {1e-4}
+        assert rates[id(model.projector.linear1.weight)] == 1e-3
+        assert sum(len(group["params"]) for group in optimizer.param_groups) == len(rates)
+
+
 def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatch):
     import hub_push
 
