@@ -19,16 +19,19 @@ def main(run_dir: str, out: str) -> None:
     llm_axis = axes[0, -1]
     if ctc:
         axes[0, 0].plot([e["ctc_step"] for e in ctc], [e["ctc_loss"] for e in ctc])
-        axes[0, 0].set(title="Stage 0: CTC warm-up (projector only)", xlabel="step", ylabel="CTC loss")
+        axes[0, 0].set(title="Stage 0: CTC warm-up (no LLM forward)", xlabel="step", ylabel="CTC loss")
     train = [(e["step"], e["loss"]) for e in history if "loss" in e]
     llm_axis.plot(*zip(*train), label="train loss")
     evals = [(e["step"], e["eval_wer"]) for e in history if "eval_wer" in e]
+    final_wer = record.get("results", {}).get("eval_wer")
+    if final_wer is not None and train and (not evals or evals[-1][0] < train[-1][0]):
+        evals.append((train[-1][0], final_wer))  # the evaluation after the last step
     if evals:
         wer_axis = llm_axis.twinx()
         wer_axis.plot(*zip(*evals), "o-", color="tab:red", label="eval WER")
         wer_axis.set_ylabel("WER (validation)")
         wer_axis.legend(loc="upper center")
-    llm_axis.set(title="Stage 1: LLM loss (projector + LoRA)", xlabel="step", ylabel="cross-entropy")
+    llm_axis.set(title="Stage 1: LLM loss", xlabel="step", ylabel="cross-entropy")
     llm_axis.legend(loc="upper right")
     figure.tight_layout()
     figure.savefig(out, dpi=110)
