@@ -51,7 +51,7 @@ class CTCWarmup:
         embeddings = model.get_input_embeddings().weight[self.vocab].detach()
         self.head = EmbeddingCTCHead(embeddings).to(model.projector.conv1.weight.device)
         self.audio_parameters = model.audio_parameters()
-        encoder = [p for module in model.trained_encoder_modules() for p in module.parameters()]
+        encoder = model.trained_encoder_parameters()
         groups = [{"params": [*model.projector.parameters(), *self.head.parameters()], "lr": learning_rate}]
         groups += [{"params": encoder, "lr": learning_rate * encoder_lr_scale}] if encoder else []
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)

@@ -181,10 +181,13 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         count, layers = self.config.trained_encoder_layers, self.audio_encoder.layers
         return [*layers[len(layers) - count :], self.audio_encoder.layer_norm] if count else []
 
+    def trained_encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters of `trained_encoder_modules` (pretrained weights: they may want a lower learning rate)."""
+        return [p for module in self.trained_encoder_modules() for p in module.parameters()]
+
     def audio_parameters(self) -> list[nn.Parameter]:
         """The trained parameters between the audio and the LLM: the projector and any trained encoder layers."""
-        encoder_parameters = [p for module in self.trained_encoder_modules() for p in module.parameters()]
-        return [*self.projector.parameters(), *encoder_parameters]
+        return [*self.projector.parameters(), *self.trained_encoder_parameters()]
 
     def is_trained_weight(self, name: str) -> bool:
         """Whether a state-dict key belongs to what this project trains, not to a frozen base model."""
@@ -266,15 +269,10 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
     # ----------------------------------------------------------------- forward
 
     @sdpa_kernel(ATTENTION_BACKENDS)
-    def encode_audio(self, input_features: torch.Tensor, feature_lengths: torch.Tensor):
-        """Runs the whole Whisper encoder on the real length of each clip; padding inside a batch changes nothing."""
-        hidden_states, lengths = self.encode_audio_frozen(input_features, feature_lengths)
-        return self.encode_audio_trained(hidden_states, lengths), lengths
-
-    @sdpa_kernel(ATTENTION_BACKENDS)
     def encode_audio_frozen(self, input_features: torch.Tensor, feature_lengths: torch.Tensor):
-        """The frozen part of the encoder (convolutions, positions, all layers below the trained ones): what an
-        encoder cache holds. Mel features (batch, mels, frames) -> (batch, frames / 2, d_model) and valid lengths."""
+        """The frozen part of the encoder (convolutions, positions, all layers below the trained ones) on the real
+        length of each clip: what an encoder cache holds. Padding inside a batch changes nothing.
+        Mel features (batch, mels, frames) -> (batch, frames / 2, d_model) and valid lengths."""
         if input_features.shape[-1] > MAX_FEATURE_FRAMES:
             raise ValueError(
                 f"audio clips are limited to 30 s ({MAX_FEATURE_FRAMES} feature frames), got {input_features.shape[-1]}; "

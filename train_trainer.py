@@ -194,7 +194,7 @@ class ASRTrainer(Trainer):
         self.encoder_learning_rate_scale = encoder_learning_rate_scale
 
     def create_optimizer(self, model=None):
-        encoder = [p for module in self.model.trained_encoder_modules() for p in module.parameters() if p.requires_grad]
+        encoder = [p for p in self.model.trained_encoder_parameters() if p.requires_grad]
         if self.optimizer is None and encoder:
             encoder_ids = {id(p) for p in encoder}
             others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in encoder_ids]
