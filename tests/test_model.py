@@ -7,10 +7,11 @@ import pytest
 import torch
 from conftest import noise
 from safetensors.torch import load_file
+from torch import nn
 from transformers import AutoConfig, AutoModel, AutoProcessor, TextIteratorStreamer
 
 from configuration_asr import ASRConfig, num_audio_tokens
-from modeling_asr import ASRModel
+from modeling_asr import ASRModel, OneDNNLinearMode
 from presets import CHATML_TEMPLATE, build, build_offline_tokenizer
 from processing_asr import IGNORE_INDEX, ASRProcessor
 
@@ -25,7 +26,23 @@ def test_audio_token_count_agrees_between_processor_and_model(tiny_random):
     """One definition of samples -> audio tokens: the processor's placeholders match the model's projector output,
     swept from 0.05 s to 30 s with odd sample counts, all in one padded batch."""
     model, processor = tiny_random
-    lengths = [800, 801, 1599, 1600, 1601, 3333, 8000, 16001, 24_017, 64_000, 99_999, 160_003, 320_001, 479_999, 480_000]
+    lengths = [
+        800,
+        801,
+        1599,
+        1600,
+        1601,
+        3333,
+        8000,
+        16001,
+        24_017,
+        64_000,
+        99_999,
+        160_003,
+        320_001,
+        479_999,
+        480_000,
+    ]
     clips = [noise(n / 16_000, seed=n) for n in lengths]
     batch = processor(audio=clips)
     placeholders = (batch["input_ids"] == processor.audio_token_id).sum(-1)
@@ -176,6 +193,36 @@ def test_attention_stays_off_cudnn_whose_graphs_are_rebuilt_per_length(tiny_rand
             hook.remove()
     assert len(seen) >= 4 and not any(seen)
     assert torch.backends.cuda.cudnn_sdp_enabled()  # only the model's own calls are affected
+
+
+@pytest.mark.skipif(
+    not OneDNNLinearMode.is_available(), reason="needs an x86 CPU with oneDNN (the routing is off elsewhere)"
+)
+def test_cpu_generation_runs_linear_layers_through_onednn(tiny_random, monkeypatch):
+    """MKL's float32 sgemm is 1.6-3x slower than oneDNN at decoding's few rows; the tokens must not change."""
+    model, processor = tiny_random
+    batch = processor(audio=[noise(1.2), noise(0.6, seed=1)])
+    kwargs = {"max_new_tokens": 5, "eos_token_id": -1, "pad_token_id": 0}
+    with torch.profiler.profile() as profile:
+        routed = model.generate(**batch, **kwargs)
+    ops = {event.name for event in profile.events()}
+    assert "mkldnn::_linear_pointwise" in ops and "aten::linear" not in ops
+    monkeypatch.setattr(OneDNNLinearMode, "is_available", staticmethod(lambda: False))
+    assert torch.equal(routed, model.generate(**batch, **kwargs))
+
+
+def test_onednn_linear_matches_f_linear_and_leaves_autograd_and_other_dtypes_alone():
+    weight, bias = torch.randn(96, 64), torch.randn(96)
+    last_position = torch.randn(3, 7, 64)[:, -1:]  # a strided slice, as the LM head gets it
+    with torch.no_grad(), OneDNNLinearMode():
+        routed = nn.functional.linear(last_position, weight, bias)
+        in_bfloat16 = nn.functional.linear(last_position.bfloat16(), weight.bfloat16())
+    torch.testing.assert_close(routed, nn.functional.linear(last_position, weight, bias))
+    assert torch.equal(in_bfloat16, nn.functional.linear(last_position.bfloat16(), weight.bfloat16()))
+    layer = nn.Linear(64, 96)
+    with OneDNNLinearMode():
+        layer(torch.randn(2, 64)).square().sum().backward()  # autograd on: plain F.linear, gradients as usual
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
 
 def test_new_tokens_are_capped_by_audio_duration(tiny_random):
