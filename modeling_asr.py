@@ -1,12 +1,12 @@
 """Tiny Audio speech-LLM: frozen Whisper encoder -> trained projector -> frozen decoder-only LLM."""
 
-from contextlib import nullcontext
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.overrides import TorchFunctionMode
 from transformers import (
     AutoModelForCausalLM,
     GenerationMixin,
@@ -47,34 +47,47 @@ WEIGHTS_NAME = "model.safetensors"
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-class OneDNNLinearMode(TorchFunctionMode):
-    """Runs float32 CPU `F.linear` calls that need no gradient through oneDNN's inner product instead of MKL's sgemm.
+def onednn_available() -> bool:
+    """An x86 CPU (AVX2 or AVX-512) and a PyTorch build with oneDNN's inner-product op."""
+    x86 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    return x86 and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@contextmanager
+def onednn_linear_layers(model: nn.Module):
+    """While open, the model's float32 CPU `nn.Linear` layers compute through oneDNN instead of MKL's sgemm.
 
     MKL is slow at the few rows of a decoding step: on a 2-core AVX-512 CPU the reference build's 128k-vocabulary LM
     head took 172 ms for 8 rows in MKL and 53 ms in oneDNN (1 row: 56 vs 34 ms), to float32 rounding; with both
-    libraries held to AVX2 the gap was the same. `ASRModel.generate` runs under this mode on x86 CPUs. The oneDNN op
-    has no backward, so calls under autograd keep `F.linear`.
+    libraries held to AVX2 the gap was the same. Only the layers' `forward` changes, so other ops pay nothing. Layers
+    that already have their own `forward` (accelerate's hooks, an enclosing call) are left alone; all are restored on
+    exit.
     """
+    if not onednn_available():
+        yield
+        return
+    layers = [
+        module
+        for module in model.modules()
+        if type(module) is nn.Linear
+        and "forward" not in vars(module)
+        and module.weight.dtype == torch.float32
+        and module.weight.device.type == "cpu"
+    ]
+    for layer in layers:
+        layer.forward = partial(onednn_linear, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
-    @staticmethod
-    def is_available() -> bool:
-        x86 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-        return x86 and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is nn.functional.linear and not torch.is_grad_enabled():
-            return onednn_linear(*args, **kwargs)
-        return func(*args, **kwargs)
-
-
-def onednn_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` through oneDNN for plain float32 CPU tensors; anything else goes to `F.linear` unchanged."""
-    plain = type(input) is torch.Tensor and type(weight) in (torch.Tensor, nn.Parameter)
-    float32 = input.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-    if plain and float32 and input.device.type == "cpu" and input.dim() >= 2 and weight.dim() == 2:
-        return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "none", [], "")
-    return nn.functional.linear(input, weight, bias)
+def onednn_linear(layer: nn.Linear, input: torch.Tensor) -> torch.Tensor:
+    """`layer(input)` through oneDNN; under autograd (the op has no backward) or for other inputs, plain `F.linear`."""
+    if torch.is_grad_enabled() or type(input) is not torch.Tensor or input.dtype != torch.float32:
+        return nn.functional.linear(input, layer.weight, layer.bias)
+    return torch.ops.mkldnn._linear_pointwise(input, layer.weight, layer.bias, "none", [], "")
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -437,7 +450,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
     def generate(self, input_ids=None, input_features=None, input_features_mask=None, **kwargs):
         """Greedy decoding with the KV cache; each clip's new tokens are capped by its duration unless
         `max_new_tokens` is given. Returns prompt + generated ids, like any decoder-only `generate`. On CPU the
-        float32 linear layers run through oneDNN (`OneDNNLinearMode`)."""
+        float32 linear layers run through oneDNN (`onednn_linear_layers`)."""
         if input_features_mask is not None and "max_new_tokens" not in kwargs:
             num_samples = input_features_mask.sum(-1).cpu() * HOP_LENGTH
             caps = torch.tensor([self.config.max_new_tokens_for(int(n)) for n in num_samples])
@@ -445,10 +458,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [*kwargs.get("stopping_criteria", []), AudioLengthStoppingCriteria(input_ids.shape[1], caps)]
             )
-        cpu_linear = (
-            OneDNNLinearMode() if self.device.type == "cpu" and OneDNNLinearMode.is_available() else nullcontext()
-        )
-        with cpu_linear:
+        with onednn_linear_layers(self):
             return super().generate(
                 input_ids=input_ids, input_features=input_features, input_features_mask=input_features_mask, **kwargs
             )

@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoProcessor, TextIteratorStreamer
 
+import modeling_asr
 from configuration_asr import ASRConfig, num_audio_tokens
-from modeling_asr import ASRModel, OneDNNLinearMode
+from modeling_asr import ASRModel, onednn_available, onednn_linear_layers
 from presets import CHATML_TEMPLATE, build, build_offline_tokenizer
 from processing_asr import IGNORE_INDEX, ASRProcessor
 
@@ -195,9 +196,7 @@ def test_attention_stays_off_cudnn_whose_graphs_are_rebuilt_per_length(tiny_rand
     assert torch.backends.cuda.cudnn_sdp_enabled()  # only the model's own calls are affected
 
 
-@pytest.mark.skipif(
-    not OneDNNLinearMode.is_available(), reason="needs an x86 CPU with oneDNN (the routing is off elsewhere)"
-)
+@pytest.mark.skipif(not onednn_available(), reason="needs an x86 CPU with oneDNN (the routing is off elsewhere)")
 def test_cpu_generation_runs_linear_layers_through_onednn(tiny_random, monkeypatch):
     """MKL's float32 sgemm is 1.6-3x slower than oneDNN at decoding's few rows; the tokens must not change."""
     model, processor = tiny_random
@@ -207,22 +206,27 @@ def test_cpu_generation_runs_linear_layers_through_onednn(tiny_random, monkeypat
         routed = model.generate(**batch, **kwargs)
     ops = {event.name for event in profile.events()}
     assert "mkldnn::_linear_pointwise" in ops and "aten::linear" not in ops
-    monkeypatch.setattr(OneDNNLinearMode, "is_available", staticmethod(lambda: False))
+    assert not any("forward" in vars(module) for module in model.modules())  # every layer restored
+    monkeypatch.setattr(modeling_asr, "onednn_available", lambda: False)
     assert torch.equal(routed, model.generate(**batch, **kwargs))
 
 
-def test_onednn_linear_matches_f_linear_and_leaves_autograd_and_other_dtypes_alone():
-    weight, bias = torch.randn(96, 64), torch.randn(96)
+@pytest.mark.skipif(not onednn_available(), reason="needs an x86 CPU with oneDNN (the routing is off elsewhere)")
+def test_onednn_layers_match_f_linear_and_leave_autograd_bfloat16_and_hooked_layers_alone():
+    model = nn.ModuleDict(
+        {"routed": nn.Linear(64, 96), "bf16": nn.Linear(64, 96).bfloat16(), "hooked": nn.Linear(8, 8)}
+    )
+    model["hooked"].forward = hooked = lambda input: input  # like accelerate's hooks
     last_position = torch.randn(3, 7, 64)[:, -1:]  # a strided slice, as the LM head gets it
-    with torch.no_grad(), OneDNNLinearMode():
-        routed = nn.functional.linear(last_position, weight, bias)
-        in_bfloat16 = nn.functional.linear(last_position.bfloat16(), weight.bfloat16())
-    torch.testing.assert_close(routed, nn.functional.linear(last_position, weight, bias))
-    assert torch.equal(in_bfloat16, nn.functional.linear(last_position.bfloat16(), weight.bfloat16()))
-    layer = nn.Linear(64, 96)
-    with OneDNNLinearMode():
-        layer(torch.randn(2, 64)).square().sum().backward()  # autograd on: plain F.linear, gradients as usual
-    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    expected = model["routed"](last_position)
+    with onednn_linear_layers(model):
+        with torch.no_grad():
+            torch.testing.assert_close(model["routed"](last_position), expected)
+        assert "forward" in vars(model["routed"]) and "forward" not in vars(model["bf16"])
+        assert model["hooked"].forward is hooked
+        model["routed"](last_position).square().sum().backward()  # autograd on: plain F.linear
+    assert model["routed"].weight.grad.abs().sum() > 0
+    assert "forward" not in vars(model["routed"]) and model["hooked"].forward is hooked
 
 
 def test_new_tokens_are_capped_by_audio_duration(tiny_random):
