@@ -226,10 +226,15 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(self.is_trained_weight(name))
 
+    @property
+    def num_frozen_encoder_layers(self) -> int:
+        """Encoder layers below the `config.trained_encoder_layers` trained ones: frozen, and what a cache holds."""
+        return len(self.audio_encoder.layers) - self.config.trained_encoder_layers
+
     def trained_encoder_modules(self) -> list[nn.Module]:
         """The top `config.trained_encoder_layers` encoder layers and the final layer norm (none when 0)."""
-        count, layers = self.config.trained_encoder_layers, self.audio_encoder.layers
-        return [*layers[len(layers) - count :], self.audio_encoder.layer_norm] if count else []
+        trained_layers = self.audio_encoder.layers[self.num_frozen_encoder_layers :]
+        return [*trained_layers, self.audio_encoder.layer_norm] if len(trained_layers) else []
 
     def trained_encoder_parameters(self) -> list[nn.Parameter]:
         """The parameters of `trained_encoder_modules` (pretrained weights: they may want a lower learning rate)."""
@@ -241,9 +246,10 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     def is_trained_weight(self, name: str) -> bool:
         """Whether a state-dict key belongs to what this project trains, not to a frozen base model."""
-        count, layers = self.config.trained_encoder_layers, len(self.audio_encoder.layers)
-        trained_encoder = [f"audio_encoder.layers.{i}." for i in range(layers - count, layers)]
-        trained_encoder += ["audio_encoder.layer_norm."] if count else []
+        trained_encoder = [
+            f"audio_encoder.layers.{i}." for i in range(self.num_frozen_encoder_layers, len(self.audio_encoder.layers))
+        ]
+        trained_encoder += ["audio_encoder.layer_norm."] if self.config.trained_encoder_layers else []
         return name.startswith(("projector.", *trained_encoder)) or "lora_" in name
 
     def load_trained_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -339,7 +345,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).transpose(1, 2)
         lengths = conv_output_length(feature_lengths)
         hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
-        frozen_layers = encoder.layers[: len(encoder.layers) - self.config.trained_encoder_layers]
+        frozen_layers = encoder.layers[: self.num_frozen_encoder_layers]
         return self._run_encoder_layers(frozen_layers, hidden_states, lengths), lengths
 
     @sdpa_kernel(ATTENTION_BACKENDS)
@@ -347,7 +353,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         """The top `config.trained_encoder_layers` layers and the final layer norm, on `encode_audio_frozen`'s output."""
         encoder = self.audio_encoder
         hidden_states = hidden_states.to(encoder.layer_norm.weight.dtype)
-        trained_layers = encoder.layers[len(encoder.layers) - self.config.trained_encoder_layers :]
+        trained_layers = encoder.layers[self.num_frozen_encoder_layers :]
         return encoder.layer_norm(self._run_encoder_layers(trained_layers, hidden_states, lengths))
 
     @staticmethod
