@@ -465,8 +465,9 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         merged into one left-padded batch cache: `generate` then runs the last prompt token and decodes the batch."""
         width = input_ids.shape[1] - 1
         text_config = self.language_model.config
+        prompt_lengths, frame_counts = attention_mask.sum(-1).tolist(), input_features_mask.sum(-1).tolist()
         caches = []
-        for row, (length, frames) in enumerate(zip(attention_mask.sum(-1).tolist(), input_features_mask.sum(-1).tolist())):
+        for row, (length, frames) in enumerate(zip(prompt_lengths, frame_counts)):
             inputs_embeds = self.embed_prompt(
                 input_ids[row : row + 1, width + 1 - length : width],
                 input_features[row : row + 1, :, :frames],
@@ -498,10 +499,13 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             )
         with onednn_linear_layers(self):
             if input_features is not None and "cache" not in kwargs and self.prefills_clip_by_clip(attention_mask):
-                kwargs["cache"] = self.prefill_clip_by_clip(input_ids, attention_mask, input_features, input_features_mask)
+                kwargs["cache"] = self.prefill_clip_by_clip(
+                    input_ids, attention_mask, input_features, input_features_mask
+                )
             else:
                 kwargs.update(input_features=input_features, input_features_mask=input_features_mask)
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
 
 ASRConfig.register_for_auto_class()
 ASRModel.register_for_auto_class("AutoModel")
