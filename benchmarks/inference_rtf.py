@@ -3,7 +3,8 @@
 Ours is `pipeline(list_of_clips, batch_size=B)` at batch 1 and batch 8: clips at their real length, the list run
 longest first so that a batch holds clips of similar length. The baseline pads every clip to 30 s and runs processor +
 `model.generate` one clip at a time. Every clip decodes exactly `--new-tokens` tokens (`min_new_tokens =
-max_new_tokens`), so a random model's early or late end-of-turn does not distort the timing.
+max_new_tokens`), so a random model's early or late end-of-turn does not distort the timing. The variants take
+turns on each batch-sized group of clips, so a slow spell on a shared machine slows all of them alike.
 
 (a) the reference build's widths at reduced depth with random weights; (b) the `tiny` preset with its real base
 weights when they can be loaded (skipped with a message otherwise).
@@ -41,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--clips", type=int, help="clips per variant (default 32 on cpu, 128 on cuda)")
     parser.add_argument("--batch-size", type=int, default=8, help="the batched run's batch size")
     parser.add_argument("--new-tokens", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=1, help="timed passes over the clips, variants alternating")
+    parser.add_argument("--rounds", type=int, default=1, help="timed passes over the clips")
     parser.add_argument("--skip-tiny", action="store_true", help="skip (b), the tiny preset with real weights")
     args = finish_args(parser.parse_args(argv))
     args.clips = args.clips or (128 if args.device == "cuda" else 32)
@@ -73,17 +74,29 @@ def measure(build_name, model, processor, args, device) -> list[dict]:
     repeat = args.baseline_audio_tokens // 375
     variants = [  # (name, batch size, run on a list of clips)
         ("ours (pipeline)", 1, lambda group: transcribe_ours(asr, group, 1, args.new_tokens)),
-        ("ours (pipeline)", args.batch_size, lambda group: transcribe_ours(asr, group, args.batch_size, args.new_tokens)),
-        (f"baseline ({args.baseline_audio_tokens} audio tokens)", 1,
-         lambda group: transcribe_baseline(model, padded, group, args.new_tokens, repeat, device)),
+        (
+            "ours (pipeline)",
+            args.batch_size,
+            lambda group: transcribe_ours(asr, group, args.batch_size, args.new_tokens),
+        ),
+        (
+            f"baseline ({args.baseline_audio_tokens} audio tokens)",
+            1,
+            lambda group: transcribe_baseline(model, padded, group, args.new_tokens, repeat, device),
+        ),
     ]
+    # The clips in the pipeline's order (longest first), in groups of one batch. The variants take turns group by
+    # group, so a slow spell on a shared machine slows all of them alike.
+    ordered = sorted(clips, key=len, reverse=True)
+    groups = [ordered[start : start + args.batch_size] for start in range(0, len(ordered), args.batch_size)]
     seconds = [0.0] * len(variants)
     with torch.inference_mode():
         for _, _, run in variants:  # warm-up on two clips
             run(clips[:2])
         for _ in range(args.rounds):
-            for index, (_, _, run) in enumerate(variants):
-                seconds[index] += timed(partial(run, clips), device)[1]
+            for group in groups:
+                for index, (_, _, run) in enumerate(variants):
+                    seconds[index] += timed(partial(run, group), device)[1]
     audio = float(durations.sum()) * args.rounds
     rows = []
     for (name, batch_size, _), wall in zip(variants, seconds):
@@ -161,8 +174,8 @@ def main(argv=None):
                 f"({rows[0]['audio_seconds']:.0f} s of audio), {args.new_tokens} new tokens per clip (forced), greedy",
                 f"measured: batch {args.batch_size} / batch 1 = {batch_gain:.2f}x; ours batch 1 / baseline = "
                 f"{vs_baseline:.2f}x (reference widths)",
-                "ours: pipeline(clips, batch_size=B), which runs a list longest first (a batch pads to its longest "
-                "clip); baseline: processor + generate, one 30 s-padded clip at a time",
+                "ours: pipeline(clips, batch_size=B), which runs a list longest first; baseline: processor + generate, "
+                "one 30 s-padded clip at a time; the variants take turns on each group of B clips (longest first)",
                 *setting_notes(args),
             ],
         },
