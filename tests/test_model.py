@@ -175,9 +175,10 @@ def test_batched_generation_equals_one_at_a_time(tiny_random):
         assert (together[row][alone.numel() :] == processor.tokenizer.pad_token_id).all()
 
 
-def test_cpu_batch_is_prefilled_clip_by_clip_without_padding(tiny_random, monkeypatch):
-    """On CPU a batch's encoder and prefill run each clip at its own length (padding would be wasted arithmetic); the
-    batch then decodes together, with the tokens of the padded batched prefill."""
+def test_cpu_batch_of_a_wide_model_is_prefilled_clip_by_clip_without_padding(tiny_random, monkeypatch):
+    """On CPU a wide model's encoder and prefill run each clip at its own length (padding would be wasted
+    arithmetic); the batch then decodes together, with the tokens of the padded batched prefill, which narrow models
+    keep (they gain from the batch)."""
     model, processor = tiny_random
     batch = processor(audio=[noise(2.1), noise(0.4, seed=1), noise(1.2, seed=2)])
     kwargs = {"max_new_tokens": 4, "min_new_tokens": 4, "pad_token_id": 0}
@@ -186,15 +187,22 @@ def test_cpu_batch_is_prefilled_clip_by_clip_without_padding(tiny_random, monkey
     def record(module, args, kwargs):
         shapes.append(tuple(kwargs["inputs_embeds"].shape[:2]))
 
-    hook = model.language_model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        clip_by_clip = model.generate(**batch, **kwargs)
-    finally:
-        hook.remove()
+    def generate_recording_prefill_shapes():
+        shapes.clear()
+        hook = model.language_model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            return model.generate(**batch, **kwargs)
+        finally:
+            hook.remove()
+
+    padded_length = batch["input_ids"].shape[1]
+    batched = generate_recording_prefill_shapes()
+    assert shapes == [(3, padded_length)] + [(3, 1)] * 3  # tiny-random is 64 wide
+    monkeypatch.setattr(modeling_asr, "CLIP_BY_CLIP_MIN_WIDTH", model.config.text_config.hidden_size)
+    clip_by_clip = generate_recording_prefill_shapes()
     prompt_lengths = batch["attention_mask"].sum(-1).tolist()
     assert shapes == [(1, length - 1) for length in prompt_lengths] + [(3, 1)] * 4
-    monkeypatch.setattr(ASRModel, "prefills_clip_by_clip", lambda self, attention_mask: False)
-    assert torch.equal(clip_by_clip, model.generate(**batch, **kwargs))
+    assert torch.equal(clip_by_clip, batched)
 
 
 def test_attention_stays_off_cudnn_whose_graphs_are_rebuilt_per_length(tiny_random):
