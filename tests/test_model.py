@@ -176,9 +176,9 @@ def test_batched_generation_equals_one_at_a_time(tiny_random):
 
 
 def test_cpu_batch_of_a_wide_model_is_prefilled_clip_by_clip_without_padding(tiny_random, monkeypatch):
-    """On CPU a wide model's encoder and prefill run each clip at its own length (padding would be wasted
-    arithmetic); the batch then decodes together, with the tokens of the padded batched prefill, which narrow models
-    keep (they gain from the batch)."""
+    """On CPU a wide model prefills the text before the audio once, then each clip's encoder and prefill run at its
+    own length (padding would be wasted arithmetic); the batch then decodes together, with the tokens of the padded
+    batched prefill, which narrow models keep (they gain from the batch)."""
     model, processor = tiny_random
     batch = processor(audio=[noise(2.1), noise(0.4, seed=1), noise(1.2, seed=2)])
     kwargs = {"max_new_tokens": 4, "min_new_tokens": 4, "pad_token_id": 0}
@@ -200,8 +200,11 @@ def test_cpu_batch_of_a_wide_model_is_prefilled_clip_by_clip_without_padding(tin
     assert shapes == [(3, padded_length)] + [(3, 1)] * 3  # tiny-random is 64 wide
     monkeypatch.setattr(modeling_asr, "CLIP_BY_CLIP_MIN_WIDTH", model.config.text_config.hidden_size)
     clip_by_clip = generate_recording_prefill_shapes()
+    text_before_audio = processor.prompt.split(processor.audio_token)[0]
+    prefix = len(processor.tokenizer(text_before_audio, add_special_tokens=False)["input_ids"])
     prompt_lengths = batch["attention_mask"].sum(-1).tolist()
-    assert shapes == [(1, length - 1) for length in prompt_lengths] + [(3, 1)] * 4
+    assert prefix > 0
+    assert shapes == [(1, prefix)] + [(1, length - prefix - 1) for length in prompt_lengths] + [(3, 1)] * 4
     assert torch.equal(clip_by_clip, batched)
 
 
