@@ -457,15 +457,17 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     # ----------------------------------------------------------------- generation
 
-    def prefills_clip_by_clip(self, attention_mask: torch.Tensor | None) -> bool:
+    def prefills_clip_by_clip(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
         """Whether `generate` encodes and prefills each clip alone: on a CPU, for a batch of prompts of different
-        lengths, with an LLM at least `CLIP_BY_CLIP_MIN_WIDTH` wide. Such a model is compute-bound there, so batching
-        gains nothing and padding to the longest clip is wasted arithmetic; narrower models gain from the batch."""
+        lengths that end in text, with an LLM at least `CLIP_BY_CLIP_MIN_WIDTH` wide. Such a model is compute-bound
+        there, so batching gains nothing and padding to the longest clip is wasted arithmetic; narrower models gain
+        from the batch."""
         return (
             self.device.type == "cpu"
             and self.config.text_config.hidden_size >= CLIP_BY_CLIP_MIN_WIDTH
             and attention_mask is not None
             and not bool(attention_mask.all())
+            and not bool((input_ids[:, -1] == self.config.audio_token_id).any())
         )
 
     def shared_prefix_length(self, input_ids: torch.Tensor, starts: list[int]) -> int:
@@ -521,7 +523,11 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
                 [*kwargs.get("stopping_criteria", []), AudioLengthStoppingCriteria(input_ids.shape[1], caps)]
             )
         with onednn_linear_layers(self):
-            if input_features is not None and "cache" not in kwargs and self.prefills_clip_by_clip(attention_mask):
+            if (
+                input_features is not None
+                and "cache" not in kwargs
+                and self.prefills_clip_by_clip(input_ids, attention_mask)
+            ):
                 kwargs["cache"] = self.prefill_clip_by_clip(
                     input_ids, attention_mask, input_features, input_features_mask
                 )

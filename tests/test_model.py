@@ -208,6 +208,21 @@ def test_cpu_batch_of_a_wide_model_is_prefilled_clip_by_clip_without_padding(tin
     assert torch.equal(clip_by_clip, batched)
 
 
+def test_prompts_ending_in_audio_keep_the_padded_batch_prefill(tiny_random, monkeypatch):
+    """Clip-by-clip prefill leaves the last prompt token to `generate`; a prompt that ends in audio keeps the padded
+    batch instead of failing."""
+    model, processor = tiny_random
+    plain = ASRProcessor(
+        processor.feature_extractor, processor.tokenizer, chat_template="{{ messages[-1]['content'] }}"
+    )
+    batch = plain(audio=[noise(1.4), noise(0.5, seed=1)])
+    assert (batch["input_ids"][:, -1] == plain.audio_token_id).all()
+    monkeypatch.setattr(modeling_asr, "CLIP_BY_CLIP_MIN_WIDTH", 0)
+    assert not model.prefills_clip_by_clip(batch["input_ids"], batch["attention_mask"])
+    generated = model.generate(**batch, max_new_tokens=3, min_new_tokens=3, pad_token_id=0)
+    assert generated.shape == (2, batch["input_ids"].shape[1] + 3)
+
+
 def test_attention_stays_off_cudnn_whose_graphs_are_rebuilt_per_length(tiny_random):
     """cuDNN attention plans again for every new sequence length (measured: 5x slower training steps on an H100)."""
     model, processor = tiny_random
