@@ -500,13 +500,16 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             )
             caches.append(copy.deepcopy(prefix))
             decoder(inputs_embeds=inputs_embeds, cache=caches[-1], use_cache=True)
+
+        def left_padded(states: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([nn.functional.pad(state, (0, 0, width - state.shape[2], 0)) for state in states])
+
         merged = DynamicCache(config=text_config)
         for index in range(len(caches[0].layers)):
-            keys, values = (
-                torch.cat([nn.functional.pad(state, (0, 0, width - state.shape[2], 0)) for state in states])
-                for states in zip(*((cache.layers[index].keys, cache.layers[index].values) for cache in caches))
+            layers = [cache.layers[index] for cache in caches]
+            merged.update(
+                left_padded([layer.keys for layer in layers]), left_padded([layer.values for layer in layers]), index
             )
-            merged.update(keys, values, index)
         return merged
 
     @torch.no_grad()
