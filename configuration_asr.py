@@ -142,7 +142,9 @@ class ASRConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.audio_token not in self.user_prompt:
-            raise ValueError(f"user_prompt {self.user_prompt!r} must contain the audio placeholder {self.audio_token!r}")
+            raise ValueError(
+                f"user_prompt {self.user_prompt!r} must contain the audio placeholder {self.audio_token!r}"
+            )
         if self.projector_hidden_size is None:
             self.projector_hidden_size = self.text_config.hidden_size
         if not 0 <= self.trained_encoder_layers <= self.audio_config.encoder_layers:

@@ -34,10 +34,19 @@ from transformers.dynamic_module_utils import get_relative_import_files
 RUN_RECORD = "training_run.json"
 TRAINER_STATE = "trainer_state.json"
 RESULTS_FILES = ("eval_results.json", "all_results.json", RUN_RECORD)  # the run record keeps them under "results"
+PROJECT_PACKAGE = "tiny_audio"  # installed by `pip install -e .`; shipped code must never need it
 PROCESSOR_FILES = (
-    "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
-    "chat_template.jinja", "chat_template.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
 )
 RETRY_STATUS = {429, 500, 502, 503, 504}
 NO_TOKEN = "no Hugging Face token found: run `hf auth login` or set HF_TOKEN to a token with write access"
@@ -61,9 +70,14 @@ def _read_json(path: Path) -> dict | None:
 
 def _eval_metrics(data: dict | None) -> dict:
     """The eval_* numbers of a metrics dict, without timings."""
-    return {key: value for key, value in (data or {}).items()
-            if key.startswith("eval_") and isinstance(value, (int, float)) and not isinstance(value, bool)
-            and not key.endswith(("_runtime", "_per_second"))}
+    return {
+        key: value
+        for key, value in (data or {}).items()
+        if key.startswith("eval_")
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not key.endswith(("_runtime", "_per_second"))
+    }
 
 
 @dataclass
@@ -107,11 +121,14 @@ class Checkpoint:
                 return
         elif any((output_dir / name).is_file() for name in RESULTS_FILES):
             best = f", best {Path(best).name}" if best else ""
-            self.notes.append(f"left the output dir's eval results out of the card: they are of the final model "
-                              f"(step {final_step}{best}), not of step {self.step}")
+            self.notes.append(
+                f"left the output dir's eval results out of the card: they are of the final model "
+                f"(step {final_step}{best}), not of step {self.step}"
+            )
         log = (_read_json(self.folder / TRAINER_STATE) or {}).get("log_history", [])
-        self.results = _eval_metrics({key: value for entry in log if entry.get("step") == self.step
-                                      for key, value in entry.items()})
+        self.results = _eval_metrics(
+            {key: value for entry in log if entry.get("step") == self.step for key, value in entry.items()}
+        )
         self.results_source = f"{TRAINER_STATE} (eval at step {self.step})"
 
     def _take_results(self, place: Path) -> bool:
@@ -130,11 +147,16 @@ def _code_references(data, where: str):
         data = dict(enumerate(data))
     for key, value in data.items() if isinstance(data, dict) else ():
         if key == "auto_map" and isinstance(value, dict):
-            yield from ((reference, f"{where} auto_map {auto_class}") for auto_class, references in value.items()
-                        for reference in (references if isinstance(references, list) else [references]) if reference)
+            yield from (
+                (reference, f"{where} auto_map {auto_class}")
+                for auto_class, references in value.items()
+                for reference in (references if isinstance(references, list) else [references])
+                if reference
+            )
         elif key == "custom_pipelines" and isinstance(value, dict):
-            yield from ((spec["impl"], f"{where} custom_pipelines {task}")
-                        for task, spec in value.items() if "impl" in spec)
+            yield from (
+                (spec["impl"], f"{where} custom_pipelines {task}") for task, spec in value.items() if "impl" in spec
+            )
         else:
             yield from _code_references(value, where)
 
@@ -155,8 +177,9 @@ def code_files(folder: Path, json_files: dict[str, dict]) -> list[str]:
         try:
             files += [Path(path).name for path in get_relative_import_files(folder / name)]
         except FileNotFoundError as error:
-            raise HubPushError(f"checkpoint {folder} is missing the code file {Path(error.filename).name}, "
-                               f"imported by {name}") from error
+            raise HubPushError(
+                f"checkpoint {folder} is missing the code file {Path(error.filename).name}, imported by {name}"
+            ) from error
     return list(dict.fromkeys(files))
 
 
@@ -165,8 +188,10 @@ def weight_files(folder: Path) -> list[str]:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         if pickles := ", ".join(sorted(path.name for path in folder.glob("pytorch_model*.bin"))):
-            raise HubPushError(f"checkpoint {folder} has only pickled weights ({pickles}); only safetensors are "
-                               "published: load the model and save it again with save_pretrained")
+            raise HubPushError(
+                f"checkpoint {folder} has only pickled weights ({pickles}); only safetensors are "
+                "published: load the model and save it again with save_pretrained"
+            )
         raise HubPushError(f"checkpoint {folder} has no weights file (model.safetensors)")
     try:
         with safe_open(weights, framework="np"):
@@ -203,13 +228,17 @@ def _cell(value) -> str:
 def _table(header: tuple[str, ...], *rows: tuple) -> list[str]:
     """Markdown table lines."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(map(str, row)) + " |" for row in rows]
+        "| " + " | ".join(map(str, row)) + " |" for row in rows
+    ]
 
 
 def _base_model(config: dict, part: str, keys: tuple[str, ...]) -> str:
     """The audio or text base model: its Hub id or the seed of its random weights, then its shape."""
-    model_id, revision, seed = (config.get(f"{part}_model_id"), config.get(f"{part}_model_revision"),
-                                config.get("base_seed"))
+    model_id, revision, seed = (
+        config.get(f"{part}_model_id"),
+        config.get(f"{part}_model_revision"),
+        config.get("base_seed"),
+    )
     if model_id:
         source = f"`{model_id}`" + (f" (revision `{revision}`)" if revision else "")
     else:
@@ -219,8 +248,13 @@ def _base_model(config: dict, part: str, keys: tuple[str, ...]) -> str:
     return f"{source} — {', '.join(filter(None, details))}"
 
 
-def render_model_card(checkpoint: Checkpoint, *, repo_id: str | None = None, license: str | None = "apache-2.0",
-                      language: str | None = "en") -> ModelCard:
+def render_model_card(
+    checkpoint: Checkpoint,
+    *,
+    repo_id: str | None = None,
+    license: str | None = "apache-2.0",
+    language: str | None = "en",
+) -> ModelCard:
     """The README.md; every field comes from the checkpoint's files, and one without a source is left out."""
     config, record, results = checkpoint.config, checkpoint.run_record, checkpoint.results
     data = record.get("data") or {}
@@ -235,31 +269,48 @@ def render_model_card(checkpoint: Checkpoint, *, repo_id: str | None = None, lic
     eval_results = None
     if wer is not None and eval_label:
         details = ", ".join(filter(None, [split and f"{split} split", samples and f"{samples} samples"]))
-        eval_results = [EvalResult(
-            task_type="automatic-speech-recognition", task_name="Automatic Speech Recognition",
-            dataset_type=eval_label, dataset_name=eval_label + (f" ({details})" if details else ""),
-            dataset_config=evaluation.get("config"), dataset_split=split,
-            metric_type="wer", metric_value=wer, metric_name="WER")]
+        eval_results = [
+            EvalResult(
+                task_type="automatic-speech-recognition",
+                task_name="Automatic Speech Recognition",
+                dataset_type=eval_label,
+                dataset_name=eval_label + (f" ({details})" if details else ""),
+                dataset_config=evaluation.get("config"),
+                dataset_split=split,
+                metric_type="wer",
+                metric_value=wer,
+                metric_name="WER",
+            )
+        ]
     model_types = [(config.get(f"{part}_config") or {}).get("model_type") for part in ("audio", "text")]
     metadata = ModelCardData(
-        license=license or None, language=[language] if language else None, library_name="transformers",
-        pipeline_tag="automatic-speech-recognition", base_model=list(filter(None, base_ids)) or None,
+        license=license or None,
+        language=[language] if language else None,
+        library_name="transformers",
+        pipeline_tag="automatic-speech-recognition",
+        base_model=list(filter(None, base_ids)) or None,
         datasets=list(dict.fromkeys(train_ids + eval_ids)) or None,
         tags=list(dict.fromkeys(["tiny-audio", "speech-llm", "custom_code", *filter(None, model_types)])),
-        model_name=title if eval_results else None, eval_results=eval_results)
+        model_name=title if eval_results else None,
+        eval_results=eval_results,
+    )
 
     architecture = {
         "Audio encoder": _base_model(config, "audio", ("d_model", "encoder_layers")),
-        "Projector": "trained" + (f", hidden size {config['projector_hidden_size']}"
-                                  if config.get("projector_hidden_size") else ""),
+        "Projector": "trained"
+        + (f", hidden size {config['projector_hidden_size']}" if config.get("projector_hidden_size") else ""),
         "Language model": _base_model(config, "text", ("hidden_size", "num_hidden_layers", "vocab_size")),
-        "LoRA adapters": config.get("lora_rank") and (
+        "LoRA adapters": config.get("lora_rank")
+        and (
             f"on the language model, rank {config['lora_rank']}, alpha {config.get('lora_alpha')}, modules "
-            f"{', '.join(config.get('lora_target_modules') or [])}"),
+            f"{', '.join(config.get('lora_target_modules') or [])}"
+        ),
         "Trainable parameters": record.get("trainable_parameters") and f"{record['trainable_parameters']:,}",
-        "Weights in this repo": config.get("trained_weights_only") and (
+        "Weights in this repo": config.get("trained_weights_only")
+        and (
             "only the trained ones; on loading, each base model is downloaded from its Hub id (network or a local "
-            "cache) or, without one, rebuilt from the seed"),
+            "cache) or, without one, rebuilt from the seed"
+        ),
     }
     training = {
         "Preset": record.get("preset") and f"`{record['preset']}`",
@@ -267,11 +318,18 @@ def render_model_card(checkpoint: Checkpoint, *, repo_id: str | None = None, lic
         "Checkpoint": checkpoint.step is not None and f"after {checkpoint.step} optimizer steps",
     }
     lines = [
-        f"# {title}", "",
+        f"# {title}",
+        "",
         "A speech recognition model built with Tiny Audio: a Whisper audio encoder feeds a trained projector, whose "
         "output embeddings take the place of audio placeholder tokens in the prompt of a decoder-only language model "
-        "that writes the transcript.", "", "## Architecture", "",
-        *(f"- **{name}**: {value}" for name, value in architecture.items() if value), "", "## Training", "",
+        "that writes the transcript.",
+        "",
+        "## Architecture",
+        "",
+        *(f"- **{name}**: {value}" for name, value in architecture.items() if value),
+        "",
+        "## Training",
+        "",
         *([] if record else [f"No training record (`{RUN_RECORD}`) came with this checkpoint."]),
         *(f"- **{name}**: {value}" for name, value in training.items() if value),
     ]
@@ -290,20 +348,34 @@ def render_model_card(checkpoint: Checkpoint, *, repo_id: str | None = None, lic
     if results:
         where = f" on {eval_label}" + (f" ({split} split)" if split else "") if eval_label else ""
         rows = ((key, f"{value:.4g}" if isinstance(value, float) else value) for key, value in results.items())
-        lines += [f"Measured{where} by the training run, from `{checkpoint.results_source}`:", "",
-                  *_table(("metric", "value"), *rows)]
+        lines += [
+            f"Measured{where} by the training run, from `{checkpoint.results_source}`:",
+            "",
+            *_table(("metric", "value"), *rows),
+        ]
     else:
         lines.append("No evaluation results came with this checkpoint.")
     lines += [
-        "", "## Usage", "", "```python", "from transformers import pipeline", "",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
         f'asr = pipeline("automatic-speech-recognition", model="{repo_id or "OWNER/NAME"}", trust_remote_code=True)',
-        'print(asr("speech.wav")["text"])  # a file path, or a 16 kHz numpy array', "```",
-        "", "## Limitations", "",
+        'print(asr("speech.wav")["text"])  # a file path, or a 16 kHz numpy array',
+        "```",
+        "",
+        "## Limitations",
+        "",
         "- Loading runs the Python code in this repo (`trust_remote_code=True`); review it before use.",
     ]
     if results and eval_label:
-        lines.append(f"- Measured on {eval_label} only" + (f" ({samples} samples)" if samples else "")
-                     + "; accuracy on other speakers, domains, accents, noise or languages is unknown.")
+        lines.append(
+            f"- Measured on {eval_label} only"
+            + (f" ({samples} samples)" if samples else "")
+            + "; accuracy on other speakers, domains, accents, noise or languages is unknown."
+        )
     if train_label:
         lines.append(f"- Trained on {train_label}; expect errors on speech unlike it.")
     if not all(base_ids):
@@ -321,8 +393,14 @@ class Assembly:
     verified: dict | None = None
 
 
-def assemble(checkpoint_dir: str | Path, export_dir: str | Path, *, repo_id: str | None = None,
-             license: str = "apache-2.0", language: str | None = "en") -> Assembly:
+def assemble(
+    checkpoint_dir: str | Path,
+    export_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    language: str | None = "en",
+) -> Assembly:
     """Copies what the model repo needs from `checkpoint_dir` into the new or empty `export_dir`, and writes the card.
 
     Raises `HubPushError` for missing or pickled weights, a missing code file, or an export dir in the way.
@@ -376,34 +454,55 @@ def verify(export_dir: str | Path, *, timeout: float = 1800) -> dict:
     """Loads `export_dir` with `pipeline(..., trust_remote_code=True)` in a fresh process and transcribes a tone.
 
     The process runs in an empty directory without PYTHONPATH, a private module cache, and the folder's and this
-    project's module names blocked, so the code must work from the folder alone. Returns {"text"}.
+    project's package blocked, so the code must work from the folder alone. Returns {"text"}.
     """
     folder = Path(export_dir).resolve()
-    modules = sorted({path.stem for path in [*folder.glob("*.py"), *Path(__file__).resolve().parent.glob("*.py")]})
+    modules = sorted({path.stem for path in folder.glob("*.py")} | {PROJECT_PACKAGE})
     with tempfile.TemporaryDirectory(prefix="hub_push_verify_") as workdir:
         env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-        env.update(HF_MODULES_CACHE=str(Path(workdir) / "modules"), HF_HUB_DISABLE_PROGRESS_BARS="1",
-                   TQDM_DISABLE="1", PYTHONDONTWRITEBYTECODE="1")
+        env.update(
+            HF_MODULES_CACHE=str(Path(workdir) / "modules"),
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+            TQDM_DISABLE="1",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
         try:
-            process = subprocess.run([sys.executable, "-c", VERIFY_SCRIPT, str(folder), ",".join(modules)],
-                                     cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
-                                     stdin=subprocess.DEVNULL)
+            process = subprocess.run(
+                [sys.executable, "-c", VERIFY_SCRIPT, str(folder), ",".join(modules)],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as error:
             raise VerificationError(f"verification of {folder} timed out after {timeout:.0f} s") from error
     results = [line for line in process.stdout.splitlines() if line.startswith("HUB_PUSH_RESULT ")]
     if process.returncode != 0 or not results:
         # What was logged and the exceptions, without traceback frames (lines indented by two spaces)
-        kept = [line.rstrip() for line in process.stderr.splitlines()
-                if line.strip() and not line.startswith(("  ", "Traceback (most recent call last)"))]
+        kept = [
+            line.rstrip()
+            for line in process.stderr.splitlines()
+            if line.strip() and not line.startswith(("  ", "Traceback (most recent call last)"))
+        ]
         tail = "\n".join(kept[-15:]) or f"exit status {process.returncode}, no output"
         raise VerificationError(
             f"verification failed: {kept[-1].strip() if kept else tail}\n{folder} does not load and transcribe with "
-            f"pipeline(trust_remote_code=True) in a fresh process; its stderr ends with:\n{tail}")
+            f"pipeline(trust_remote_code=True) in a fresh process; its stderr ends with:\n{tail}"
+        )
     return json.loads(results[-1].removeprefix("HUB_PUSH_RESULT "))
 
 
-def prepare(checkpoint_dir: str | Path, export_dir: str | Path, *, repo_id: str | None = None,
-            license: str = "apache-2.0", language: str | None = "en", timeout: float = 1800) -> Assembly:
+def prepare(
+    checkpoint_dir: str | Path,
+    export_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    language: str | None = "en",
+    timeout: float = 1800,
+) -> Assembly:
     """`assemble`, then `verify`."""
     assembly = assemble(checkpoint_dir, export_dir, repo_id=repo_id, license=license, language=language)
     assembly.verified = verify(assembly.export_dir, timeout=timeout)
@@ -417,8 +516,9 @@ def parse_repo_id(repo_id: str) -> str:
     except HfUriError:
         uri = None
     if uri is not None and uri.type != "model":
-        raise HubPushError(f"--repo-id {repo_id} names a {uri.type}, but hub_push uploads a model: use a model repo "
-                           "id OWNER/NAME")
+        raise HubPushError(
+            f"--repo-id {repo_id} names a {uri.type}, but hub_push uploads a model: use a model repo id OWNER/NAME"
+        )
     if uri is None or uri.revision or uri.path_in_repo:
         raise HubPushError(f"--repo-id {repo_id!r} is not a model repo id of the form OWNER/NAME")
     return uri.id
@@ -430,7 +530,8 @@ def _status(error: BaseException) -> int | None:
 
 def _is_network_error(error: BaseException) -> bool:
     return isinstance(error, (httpx2.TransportError, ConnectionError, TimeoutError)) and not isinstance(
-        error, OfflineModeIsEnabled)
+        error, OfflineModeIsEnabled
+    )
 
 
 def _explain(error: BaseException, repo_id: str, attempts: int) -> str:
@@ -439,20 +540,34 @@ def _explain(error: BaseException, repo_id: str, attempts: int) -> str:
     if isinstance(error, OfflineModeIsEnabled):
         return "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset HF_HUB_OFFLINE and run again"
     if status in (401, 403) or isinstance(error, RepositoryNotFoundError):  # 401: invalid token; 403: read-only
-        return (f"no permission to write to {repo_id} ({status}): the token is invalid or has no write access to "
-                f"{repo_id.split('/')[0]}; check --repo-id, then run `hf auth login` or set HF_TOKEN to a write token")
+        return (
+            f"no permission to write to {repo_id} ({status}): the token is invalid or has no write access to "
+            f"{repo_id.split('/')[0]}; check --repo-id, then run `hf auth login` or set HF_TOKEN to a write token"
+        )
     if status in RETRY_STATUS:
         return f"the Hugging Face Hub kept failing ({status}) after {attempts} attempts: try again later"
     if _is_network_error(error):
-        return (f"could not reach the Hugging Face Hub after {attempts} attempts ({type(error).__name__}: "
-                f"{' '.join(str(error).split())[:200]}): check the network connection, proxy and HF_ENDPOINT")
+        return (
+            f"could not reach the Hugging Face Hub after {attempts} attempts ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:200]}): check the network connection, proxy and HF_ENDPOINT"
+        )
     message = getattr(error, "server_message", None) or str(error)
     return f"upload to {repo_id} failed ({status or type(error).__name__}): {' '.join(message.split())[:300]}"
 
 
-def upload(export_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-           commit_message: str | None = None, create_pr: bool = False, token: str | None = None, attempts: int = 4,
-           base_delay: float = 2.0, sleep: Callable[[float], None] = time.sleep):
+def upload(
+    export_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    attempts: int = 4,
+    base_delay: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+):
     """Creates the model repo if needed (and the branch `revision`), then uploads `export_dir` in one commit.
 
     The token is `token` or huggingface_hub's (HF_TOKEN, `hf auth login`). Each Hub call is retried with exponential
@@ -467,8 +582,13 @@ def upload(export_dir: str | Path, repo_id: str, *, private: bool = False, revis
     if revision and revision != "main":
         calls["create_branch"] = lambda: api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
     calls["upload_folder"] = lambda: api.upload_folder(
-        repo_id=repo_id, folder_path=str(export_dir), repo_type="model", revision=revision,
-        commit_message=commit_message or "Upload Tiny Audio model", create_pr=create_pr)
+        repo_id=repo_id,
+        folder_path=str(export_dir),
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message or "Upload Tiny Audio model",
+        create_pr=create_pr,
+    )
     for name, call in calls.items():
         for attempt in range(1, attempts + 1):
             try:
@@ -478,17 +598,32 @@ def upload(export_dir: str | Path, repo_id: str, *, private: bool = False, revis
                 if attempt == attempts or not (_status(error) in RETRY_STATUS or _is_network_error(error)):
                     raise HubPushError(_explain(error, repo_id, attempts)) from error
                 delay = base_delay * 2 ** (attempt - 1)
-                print(f"{name} failed ({_status(error) or type(error).__name__}); retry {attempt}/{attempts - 1} "
-                      f"in {delay:.0f} s", file=sys.stderr)
+                print(
+                    f"{name} failed ({_status(error) or type(error).__name__}); retry {attempt}/{attempts - 1} "
+                    f"in {delay:.0f} s",
+                    file=sys.stderr,
+                )
                 sleep(delay)
     return result
 
 
-def push_to_hub(checkpoint_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-                commit_message: str | None = None, create_pr: bool = False, license: str = "apache-2.0",
-                language: str | None = "en", export_dir: str | Path | None = None, dry_run: bool = False,
-                token: str | None = None, attempts: int = 4, sleep: Callable[[float], None] = time.sleep,
-                timeout: float = 1800):
+def push_to_hub(
+    checkpoint_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    license: str = "apache-2.0",
+    language: str | None = "en",
+    export_dir: str | Path | None = None,
+    dry_run: bool = False,
+    token: str | None = None,
+    attempts: int = 4,
+    sleep: Callable[[float], None] = time.sleep,
+    timeout: float = 1800,
+):
     """assemble -> verify -> upload. Returns (Assembly, CommitInfo, or None for a dry run).
 
     Without `export_dir` the folder is assembled in a temporary directory, removed afterwards.
@@ -504,8 +639,17 @@ def push_to_hub(checkpoint_dir: str | Path, repo_id: str, *, private: bool = Fal
         assembly = prepare(checkpoint_dir, target, repo_id=repo_id, license=license, language=language, timeout=timeout)
         if dry_run:
             return assembly, None
-        return assembly, upload(target, repo_id, private=private, revision=revision, commit_message=commit_message,
-                                create_pr=create_pr, token=token, attempts=attempts, sleep=sleep)
+        return assembly, upload(
+            target,
+            repo_id,
+            private=private,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            token=token,
+            attempts=attempts,
+            sleep=sleep,
+        )
 
 
 def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time.sleep) -> int:
@@ -524,10 +668,19 @@ def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time
     args = parser.parse_args(argv)
     try:
         assembly, commit = push_to_hub(
-            args.checkpoint_dir, args.repo_id, private=args.private, revision=args.revision,
-            commit_message=args.commit_message, create_pr=args.create_pr, license=args.license,
-            language=args.language, export_dir=args.export_dir, dry_run=args.dry_run, sleep=sleep,
-            timeout=args.verify_timeout)
+            args.checkpoint_dir,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            create_pr=args.create_pr,
+            license=args.license,
+            language=args.language,
+            export_dir=args.export_dir,
+            dry_run=args.dry_run,
+            sleep=sleep,
+            timeout=args.verify_timeout,
+        )
     except HubPushError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

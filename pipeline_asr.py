@@ -23,7 +23,9 @@ def file_blocks(path: str | Path):
     read_audio_file(path)  # clear error for a missing or undecodable file before streaming
     with sf.SoundFile(path) as audio_file:
         resampler = soxr.ResampleStream(audio_file.samplerate, SAMPLING_RATE, 1, dtype="float32")
-        blocks = audio_file.blocks(blocksize=audio_file.samplerate * FILE_BLOCK_SECONDS, dtype="float32", always_2d=True)
+        blocks = audio_file.blocks(
+            blocksize=audio_file.samplerate * FILE_BLOCK_SECONDS, dtype="float32", always_2d=True
+        )
         for block in blocks:
             yield resampler.resample_chunk(block.mean(axis=1))
         yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
@@ -103,7 +105,13 @@ class ASRPipeline(ChunkPipeline):
         return results
 
     def _sanitize_parameters(
-        self, return_timestamps=None, chunk_length_s=None, sampling_rate=None, max_new_tokens=None, streamer=None, **kwargs
+        self,
+        return_timestamps=None,
+        chunk_length_s=None,
+        sampling_rate=None,
+        max_new_tokens=None,
+        streamer=None,
+        **kwargs,
     ):
         preprocess = {k: v for k, v in {"chunk_length_s": chunk_length_s, "sampling_rate": sampling_rate}.items() if v}
         forward = dict(kwargs.pop("generate_kwargs", {}), **kwargs)
@@ -157,7 +165,9 @@ class ASRPipeline(ChunkPipeline):
                 pad_token_id=self.processor.tokenizer.pad_token_id,
                 **generate_kwargs,
             )
-            decoded = self.processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            decoded = self.processor.batch_decode(
+                generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            )
             for index, text in zip(audible, decoded):
                 texts[index] = text.strip()
         outputs = {"text": texts, "start": items["start"], "end": items["end"], "is_last": items["is_last"]}

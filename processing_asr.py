@@ -34,7 +34,9 @@ def to_mono_float32(samples: np.ndarray, name: str = "audio") -> np.ndarray:
         channel_axis = 0 if samples.shape[0] < samples.shape[1] else 1
         samples = samples.mean(axis=channel_axis)
     elif samples.ndim != 1:
-        raise InvalidAudioError(f"{name}: expected 1-D (mono) or 2-D (multi-channel) samples, got shape {samples.shape}")
+        raise InvalidAudioError(
+            f"{name}: expected 1-D (mono) or 2-D (multi-channel) samples, got shape {samples.shape}"
+        )
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
@@ -68,7 +70,9 @@ def load_audio(source, sampling_rate: int | None = None, name: str = "audio") ->
         for key in ("array", "raw", "bytes", "path"):
             if source.get(key) is not None:
                 return load_audio(source[key], rate, name)
-        raise InvalidAudioError(f"{name}: dict input needs an 'array', 'raw', 'bytes' or 'path' entry, got {list(source)}")
+        raise InvalidAudioError(
+            f"{name}: dict input needs an 'array', 'raw', 'bytes' or 'path' entry, got {list(source)}"
+        )
     if isinstance(source, (str, Path, bytes)):
         samples, rate = read_audio_file(source)
     elif isinstance(source, (np.ndarray, torch.Tensor, list)):
@@ -222,7 +226,9 @@ class ASRProcessor(ProcessorMixin):
         """Left-pads token rows (for generation); labels get -100 on the padding."""
         longest = max(len(row["input_ids"]) for row in rows)
         batch = {
-            "input_ids": [[self.tokenizer.pad_token_id] * (longest - len(r["input_ids"])) + r["input_ids"] for r in rows],
+            "input_ids": [
+                [self.tokenizer.pad_token_id] * (longest - len(r["input_ids"])) + r["input_ids"] for r in rows
+            ],
             "attention_mask": [[0] * (longest - len(r["input_ids"])) + [1] * len(r["input_ids"]) for r in rows],
         }
         if "labels" in rows[0]:

@@ -22,7 +22,10 @@ from datasets.distributed import split_dataset_by_node
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 import hub_push
-from asr_data import (
+from modeling_asr import ASRModel
+from processing_asr import ASRProcessor, load_audio
+from tiny_audio.ctc_warmup import CTCWarmup
+from tiny_audio.data import (
     SYNTHETIC_TONES,
     ASRCollator,
     DecodedStream,
@@ -31,11 +34,8 @@ from asr_data import (
     open_mixture,
     scan,
 )
-from ctc_warmup import CTCWarmup
-from evaluate_asr import evaluate_model, word_error_rate
-from modeling_asr import ASRModel
-from presets import build
-from processing_asr import ASRProcessor, load_audio
+from tiny_audio.evaluation import evaluate_model, word_error_rate
+from tiny_audio.presets import build
 
 logger = logging.getLogger("train_trainer")
 
@@ -120,20 +120,35 @@ class ModelArguments:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "comma-separated module names"})
-    freeze_projector: bool = field(default=False, metadata={"help": "train only the LoRA adapters (not the "
-                                   "projector nor trained encoder layers)"})
-    trained_encoder_layers: int = field(default=0, metadata={"help": "a fresh model's top N Whisper encoder layers "
-                                        "train too (the frozen ones below stay cacheable)"})
-    base_dtype: str = field(default="float32", metadata={"help": "dtype of the frozen encoder and LLM (bfloat16 is "
-                            "about 1.5x faster on CPUs with avx512_bf16 and on GPUs); trained weights stay float32"})
+    freeze_projector: bool = field(
+        default=False, metadata={"help": "train only the LoRA adapters (not the projector nor trained encoder layers)"}
+    )
+    trained_encoder_layers: int = field(
+        default=0,
+        metadata={
+            "help": "a fresh model's top N Whisper encoder layers train too (the frozen ones below stay cacheable)"
+        },
+    )
+    base_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the frozen encoder and LLM (bfloat16 is "
+            "about 1.5x faster on CPUs with avx512_bf16 and on GPUs); trained weights stay float32"
+        },
+    )
 
 
 @dataclass
 class RecipeArguments:
     ctc_warmup_steps: int = field(default=0, metadata={"help": "stage 0: projector-only CTC steps before the LLM loss"})
     ctc_learning_rate: float = 1e-3
-    encoder_learning_rate_scale: float = field(default=0.1, metadata={"help": "learning rate of trained encoder layers "
-                                               "(pretrained weights) relative to that of the projector, in both stages"})
+    encoder_learning_rate_scale: float = field(
+        default=0.1,
+        metadata={
+            "help": "learning rate of trained encoder layers "
+            "(pretrained weights) relative to that of the projector, in both stages"
+        },
+    )
     ctc_batch_size: int = 16
     cache_encoder_outputs: bool = field(default=False, metadata={"help": "run the frozen encoder once per clip"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop the LLM stage after this long"})
@@ -142,7 +157,9 @@ class RecipeArguments:
 
 @dataclass
 class DataArguments:
-    dataset_name: str = field(default=SYNTHETIC_TONES, metadata={"help": "Hub id(s) or local folder(s), comma-separated"})
+    dataset_name: str = field(
+        default=SYNTHETIC_TONES, metadata={"help": "Hub id(s) or local folder(s), comma-separated"}
+    )
     dataset_weights: str | None = field(default=None, metadata={"help": "comma-separated mixing weights"})
     dataset_config_name: str | None = None
     train_split_name: str = "train"
@@ -153,7 +170,9 @@ class DataArguments:
     max_duration_in_seconds: float = 30.0
     max_train_samples: int | None = None
     max_eval_samples: int | None = 200
-    max_wer_samples: int = field(default=64, metadata={"help": "eval clips transcribed for eval_wer at each evaluation"})
+    max_wer_samples: int = field(
+        default=64, metadata={"help": "eval clips transcribed for eval_wer at each evaluation"}
+    )
     max_bad_fraction: float = field(default=0.2, metadata={"help": "fail when more of the data than this is unusable"})
     spec_augment: bool = False
 
@@ -180,8 +199,9 @@ class HubPush(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            hub_push.push_to_hub(checkpoint, self.repo_id, private=self.private,
-                                 commit_message=f"checkpoint at step {state.global_step}")
+            hub_push.push_to_hub(
+                checkpoint, self.repo_id, private=self.private, commit_message=f"checkpoint at step {state.global_step}"
+            )
 
 
 class ASRTrainer(Trainer):
@@ -253,8 +273,15 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
     return model, processor
 
 
-def load_split(data_args: DataArguments, split: str, seed: int, max_samples: int | None, streaming: bool,
-               rank: int = 0, world_size: int = 1):
+def load_split(
+    data_args: DataArguments,
+    split: str,
+    seed: int,
+    max_samples: int | None,
+    streaming: bool,
+    rank: int = 0,
+    world_size: int = 1,
+):
     counter = SkipCounter(f"{data_args.dataset_name}:{split}", data_args.max_bad_fraction)
     dataset = open_mixture(
         data_args.dataset_name.split(","),
@@ -290,14 +317,21 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = build_model(model_args)
     logger.info(f"trainable parameters: {trainable_parameters(model):,}")
     train_data, train_counter = load_split(
-        data_args, data_args.train_split_name, training_args.seed, data_args.max_train_samples, data_args.streaming,
-        training_args.process_index, training_args.world_size,
+        data_args,
+        data_args.train_split_name,
+        training_args.seed,
+        data_args.max_train_samples,
+        data_args.streaming,
+        training_args.process_index,
+        training_args.world_size,
     )
     if data_args.streaming and training_args.world_size > 1:
         training_args.accelerator_config.dispatch_batches = False  # ranks read their own shards
     eval_data = None
     if data_args.eval_split_name:
-        eval_data, _ = load_split(data_args, data_args.eval_split_name, training_args.seed, data_args.max_eval_samples, False)
+        eval_data, _ = load_split(
+            data_args, data_args.eval_split_name, training_args.seed, data_args.max_eval_samples, False
+        )
 
     wer_examples = list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None
     encoder_cache, stages = None, []
@@ -307,7 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     elif recipe.cache_encoder_outputs:
         if data_args.spec_augment:
-            raise ValueError("--spec_augment changes the features every epoch; it cannot be used with cached encoder outputs")
+            raise ValueError(
+                "--spec_augment changes the features every epoch; it cannot be used with cached encoder outputs"
+            )
         encoder_cache = build_encoder_cache(model, processor, train_data)
         train_data = train_data.add_column("cache_index", list(range(len(train_data))))
 
@@ -315,8 +351,14 @@ def main(argv: list[str] | None = None) -> dict:
         if data_args.streaming:
             raise ValueError("--ctc_warmup_steps needs a finite training set (no --streaming)")
         warmup = CTCWarmup(
-            model, processor, train_data, encoder_cache, recipe.ctc_batch_size, recipe.ctc_learning_rate,
-            recipe.encoder_learning_rate_scale, training_args.seed,
+            model,
+            processor,
+            train_data,
+            encoder_cache,
+            recipe.ctc_batch_size,
+            recipe.ctc_learning_rate,
+            recipe.encoder_learning_rate_scale,
+            training_args.seed,
         )
         history = warmup.train(recipe.ctc_warmup_steps)
         stages.append({"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": history})
@@ -355,15 +397,26 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     if trainer.is_world_process_zero():
-        write_run_record(training_args.output_dir, argv, preset, model, (model_args, recipe, data_args), training_args,
-                         train_counter, eval_data, stages, metrics)
+        write_run_record(
+            training_args.output_dir,
+            argv,
+            preset,
+            model,
+            (model_args, recipe, data_args),
+            training_args,
+            train_counter,
+            eval_data,
+            stages,
+            metrics,
+        )
         if hub_repo:
             hub_push.push_to_hub(training_args.output_dir, hub_repo, private=bool(training_args.hub_private_repo))
     return metrics
 
 
-def write_run_record(output_dir, argv, preset, model, arguments, training_args, train_counter, eval_data, stages,
-                     metrics) -> None:
+def write_run_record(
+    output_dir, argv, preset, model, arguments, training_args, train_counter, eval_data, stages, metrics
+) -> None:
     """`training_run.json`: the exact command and config, base models, data counts, stages and results."""
     config, data_args = model.config, arguments[-1]
     record = {
@@ -376,17 +429,38 @@ def write_run_record(output_dir, argv, preset, model, arguments, training_args, 
         "trainable_parameters": trainable_parameters(model),
         "stages": stages,
         "data": {
-            "train": {"dataset": data_args.dataset_name, "config": data_args.dataset_config_name,
-                      "split": data_args.train_split_name, "samples": train_counter.summary()["kept"],
-                      **train_counter.summary()},
-            "eval": None if eval_data is None else {"dataset": data_args.dataset_name,
-                                                    "config": data_args.dataset_config_name,
-                                                    "split": data_args.eval_split_name, "samples": len(eval_data)},
+            "train": {
+                "dataset": data_args.dataset_name,
+                "config": data_args.dataset_config_name,
+                "split": data_args.train_split_name,
+                "samples": train_counter.summary()["kept"],
+                **train_counter.summary(),
+            },
+            "eval": None
+            if eval_data is None
+            else {
+                "dataset": data_args.dataset_name,
+                "config": data_args.dataset_config_name,
+                "split": data_args.eval_split_name,
+                "samples": len(eval_data),
+            },
         },
         "arguments": {type(group).__name__: asdict(group) for group in arguments},
-        "hyperparameters": {key: getattr(training_args, key) for key in (
-            "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
-            "warmup_steps", "lr_scheduler_type", "weight_decay", "bf16", "seed")} | {"lora_rank": config.lora_rank},
+        "hyperparameters": {
+            key: getattr(training_args, key)
+            for key in (
+                "learning_rate",
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "max_steps",
+                "warmup_steps",
+                "lr_scheduler_type",
+                "weight_decay",
+                "bf16",
+                "seed",
+            )
+        }
+        | {"lora_rank": config.lora_rank},
         "results": {key: value for key, value in metrics.items() if key.startswith("eval_")},
     }
     os.makedirs(output_dir, exist_ok=True)

@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,17 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers import WhisperFeatureExtractor
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from transformers import WhisperFeatureExtractor  # noqa: E402
-
-from configuration_asr import MAX_FEATURE_FRAMES, SAMPLING_RATE, ASRConfig  # noqa: E402
-from modeling_asr import ASRModel  # noqa: E402
-from presets import build_offline_tokenizer  # noqa: E402
-from processing_asr import IGNORE_INDEX, ASRProcessor  # noqa: E402
+from configuration_asr import MAX_FEATURE_FRAMES, SAMPLING_RATE, ASRConfig
+from modeling_asr import ASRModel
+from processing_asr import IGNORE_INDEX, ASRProcessor
+from tiny_audio.presets import build_offline_tokenizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -8,8 +8,8 @@ labelled positions (ours) or on every position (baseline). Attention is counted 
 causal skipping), as torch's FLOP counter does. Everything in the tables is an estimate except the `--check`
 numbers, which torch's FLOP counter measures on a real (reduced-depth) training step.
 
-    python benchmarks/flop_budget.py              # estimates + a measured check at 1 + 1 layers (~1 min on CPU)
-    python benchmarks/flop_budget.py --no-check
+    python -m benchmarks.flop_budget              # estimates + a measured check at 1 + 1 layers (~1 min on CPU)
+    python -m benchmarks.flop_budget --no-check
 """
 
 import argparse
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from common import (
+
+from benchmarks.common import (
     MEAN_SECONDS,
     TOKENS_PER_WORD,
     WORDS_PER_SECOND,
@@ -32,7 +33,6 @@ from common import (
     transcript_ids,
     write_results,
 )
-
 from configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, SAMPLING_RATE, conv_output_length
 
 A40_BF16_DENSE_FLOPS = 149.7e12  # NVIDIA A40 datasheet, bf16 tensor core, dense

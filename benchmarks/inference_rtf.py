@@ -9,15 +9,16 @@ turns on each batch-sized group of clips, so a slow spell on a shared machine sl
 (a) the reference build's widths at reduced depth with random weights; (b) the `tiny` preset with its real base
 weights when they can be loaded (skipped with a message otherwise).
 
-    python benchmarks/inference_rtf.py                 # CPU, 2 + 2 layers, 32 clips (~7 min on 2 free cores)
-    python benchmarks/inference_rtf.py --device cuda
+    python -m benchmarks.inference_rtf                 # CPU, 2 + 2 layers, 32 clips (~7 min on 2 free cores)
+    python -m benchmarks.inference_rtf --device cuda
 """
 
 import sys
 from functools import partial
 
 import torch
-from common import (
+
+from benchmarks.common import (
     baseline_inputs,
     baseline_processor,
     benchmark_parser,
@@ -33,7 +34,6 @@ from common import (
     timed,
     write_results,
 )
-
 from pipeline_asr import ASRPipeline
 
 
@@ -119,7 +119,7 @@ def load_tiny(device, dtype):
     import huggingface_hub
 
     from configuration_asr import mirror_root
-    from presets import PRESETS, build
+    from tiny_audio.presets import PRESETS, build
 
     ids = [PRESETS["tiny"].config[key] for key in ("audio_model_id", "text_model_id")]
     offline = huggingface_hub.constants.HF_HUB_OFFLINE

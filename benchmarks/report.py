@@ -1,13 +1,13 @@
 """Collects benchmarks/results/*.json into benchmarks/results/PERFORMANCE.md (for the README's "Performance" section).
 
-python benchmarks/report.py
+python -m benchmarks.report
 """
 
 import datetime
 import json
 import sys
 
-from common import RESULTS_DIR, render_result, settings_label
+from benchmarks.common import RESULTS_DIR, render_result, settings_label
 
 ORDER = ("train_throughput", "inference_rtf", "flop_budget")
 

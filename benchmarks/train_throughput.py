@@ -4,8 +4,8 @@ One step = forward + backward + AdamW step on the trainable parameters (the proj
 LLM are frozen. The model has the reference build's widths (encoder d_model 1280, 20 heads, ffn 5120, 128 mels;
 LLM hidden 2048, 16/4 heads, intermediate 11008, vocabulary 128,256) with random weights and reduced depth.
 
-    python benchmarks/train_throughput.py                         # CPU, 2 + 2 layers, batch 2
-    python benchmarks/train_throughput.py --device cuda --full-depth
+    python -m benchmarks.train_throughput                         # CPU, 2 + 2 layers, batch 2
+    python -m benchmarks.train_throughput --device cuda --full-depth
 
 Timing: the variants alternate step by step in one process, after untimed warm-up steps. Peak memory, weights
 included: CUDA `torch.cuda.max_memory_allocated`; CPU peak resident set (VmHWM reset through /proc/self/clear_refs
@@ -16,7 +16,8 @@ import sys
 from functools import partial
 
 import torch
-from common import (
+
+from benchmarks.common import (
     PeakMemory,
     autocast,
     batch_durations,

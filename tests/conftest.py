@@ -1,7 +1,6 @@
 """Shared fixtures: everything offline, models built in-process."""
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,6 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 SAMPLING_RATE = 16_000
 
@@ -23,7 +21,7 @@ def noise(seconds: float, seed: int = 0, rate: int = SAMPLING_RATE) -> np.ndarra
 @pytest.fixture(scope="session")
 def tiny_random():
     """A tiny random model and its processor (offline tokenizer, seeded random bases)."""
-    from presets import build
+    from tiny_audio.presets import build
 
     model, processor = build("tiny-random")
     return model.eval(), processor

@@ -8,19 +8,16 @@ against the pipeline's own output.
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from tiny_audio.app_screenshot import CHROMIUM, running_app, screenshot
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-
-from screenshot_app import CHROMIUM, running_app, screenshot  # noqa: E402
 
 MAX_SECONDS = 60
 RATE = 16_000
@@ -29,7 +26,7 @@ RATE = 16_000
 def speech(text: str) -> np.ndarray:
     """espeak-ng speech, or speech-like noise bursts where espeak-ng is missing (the model is random anyway)."""
     if shutil.which("espeak-ng"):
-        from make_speech_corpus import synthesize
+        from tiny_audio.speech_corpus import synthesize
 
         return synthesize(text)
     rng = np.random.default_rng(len(text))
@@ -39,7 +36,7 @@ def speech(text: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from presets import build
+    from tiny_audio.presets import build
 
     model, processor = build("tiny-random", min_new_tokens_cap=4, max_new_tokens_per_second=0.25)
     tokenizer = processor.tokenizer
@@ -57,7 +54,10 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     said = speech("The quick brown fox jumps over the lazy dog.")
     gap = np.zeros(RATE // 2, dtype=np.float32)
     long = np.concatenate([np.concatenate([said, gap])] * int(np.ceil(40 * RATE / (said.size + gap.size))))
-    paths = {name: directory / name for name in ("short.wav", "long.flac", "too_long.wav", "silent.wav", "empty.wav", "bad.wav")}
+    paths = {
+        name: directory / name
+        for name in ("short.wav", "long.flac", "too_long.wav", "silent.wav", "empty.wav", "bad.wav")
+    }
     sf.write(paths["short.wav"], said, RATE)
     stereo_44k = np.repeat(np.interp(np.arange(0, long.size, RATE / 44_100), np.arange(long.size), long)[:, None], 2, 1)
     sf.write(paths["long.flac"], stereo_44k, 44_100)  # any rate, any channel count, any format soundfile reads
@@ -154,7 +154,9 @@ def test_missing_model_is_explained_on_the_page(model, tmp_path):
 
     demo = build_demo(model, cache_dir=tmp_path)
     notes = [block.value for block in demo.blocks.values() if getattr(block, "elem_id", None) == "model-error"]
-    assert len(notes) == 1 and ("No model found" if model is None else f"Could not load the model `{model}`") in notes[0]
+    assert (
+        len(notes) == 1 and ("No model found" if model is None else f"Could not load the model `{model}`") in notes[0]
+    )
     assert not [fn for fn in demo.fns.values() if fn.name == "transcribe"]
 
 

@@ -20,12 +20,10 @@ from huggingface_hub import RepoUrl
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import hf_raise_for_status
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import hub_push
+from tiny_audio.presets import build
 
-import hub_push  # noqa: E402
-from presets import build  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 REPO_ID = "tester/tiny-audio-test"
 MODEL_FILES = {
@@ -54,7 +52,10 @@ RUN_RECORD = {
     "command": "python train_trainer.py --preset tiny",
     "base_models": {"audio": {"id": None, "revision": None}, "text": {"id": None, "revision": None}},
     "trainable_parameters": 33088,
-    "stages": [{"stage": "ctc_warmup", "steps": 10, "final_loss": 3.5, "loss": [{"ctc_step": 10, "ctc_loss": 3.5}]}, {"stage": "llm", "steps": 40, "lora_rank": 0}],
+    "stages": [
+        {"stage": "ctc_warmup", "steps": 10, "final_loss": 3.5, "loss": [{"ctc_step": 10, "ctc_loss": 3.5}]},
+        {"stage": "llm", "steps": 40, "lora_rank": 0},
+    ],
     "data": {
         "train": {
             "dataset": "tester/speech-corpus",
@@ -211,8 +212,12 @@ def test_export_loads_in_a_fresh_process_outside_the_repo(dry_run, tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_DISABLE_PROGRESS_BARS="1")
     process = subprocess.run(
-        [sys.executable, "-c", script, str(out), ",".join(path.stem for path in ROOT.glob("*.py"))],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, str(out), ",".join([*(path.stem for path in ROOT.glob("*.py")), "tiny_audio"])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert process.returncode == 0, process.stderr[-3000:]
     assert "OK ASRPipeline" in process.stdout
@@ -281,8 +286,11 @@ def test_card_from_config_and_run_record_fields():
     assert meta["datasets"] == ["openslr/librispeech_asr"]  # neither the local folder nor an un-namespaced name
     assert meta["tags"][-2:] == ["whisper", "llama"]
     dataset = meta["model-index"][0]["results"][0]["dataset"]
-    assert dataset == {"name": "synthetic-tones (validation split, 16 samples)", "type": "synthetic-tones",
-                       "split": "validation"}  # WER was computed on 16 clips, not all 64
+    assert dataset == {
+        "name": "synthetic-tones (validation split, 16 samples)",
+        "type": "synthetic-tones",
+        "split": "validation",
+    }  # WER was computed on 16 clips, not all 64
     assert "/home/someone" not in card and "speech_corpus + openslr/librispeech_asr" in card
     assert "revision `abc123`" in card and "LoRA adapters" in card and "rank 8" in card
     assert "downloaded from its Hub id" in card
@@ -367,9 +375,12 @@ def test_checkpoint_results_are_only_taken_when_they_belong_to_it(model_dir, tmp
     # final results are for step 40: the card uses the checkpoint's own eval at step 20 instead
     assert assembly.checkpoint.results == {"eval_wer": 0.75, "eval_loss": 3.0}
     assert any("(step 40), not of step 20" in note for note in assembly.checkpoint.notes)
-    assert front_matter((tmp_path / "out" / "README.md").read_text())["model-index"][0]["results"][0]["metrics"][0][
-        "value"
-    ] == 0.75
+    assert (
+        front_matter((tmp_path / "out" / "README.md").read_text())["model-index"][0]["results"][0]["metrics"][0][
+            "value"
+        ]
+        == 0.75
+    )
 
 
 def test_main_default_push_without_revision(model_dir, hub, fake_verify):
@@ -397,11 +408,17 @@ def test_missing_token(model_dir, hub, fake_verify, monkeypatch):
 @pytest.mark.parametrize(
     ("where", "error", "fragments"),
     [
-        ("create_repo", lambda: hub_error(401, **{"X-Error-Message": "Invalid credentials in Authorization header"}),
-         ("401", "hf auth login")),
+        (
+            "create_repo",
+            lambda: hub_error(401, **{"X-Error-Message": "Invalid credentials in Authorization header"}),
+            ("401", "hf auth login"),
+        ),
         ("create_repo", lambda: hub_error(403), ("403", "write access", "tester")),
-        ("upload_folder", lambda: hub_error(403, url=f"https://huggingface.co/api/models/{REPO_ID}/commit/main"),
-         ("no permission to write", REPO_ID)),
+        (
+            "upload_folder",
+            lambda: hub_error(403, url=f"https://huggingface.co/api/models/{REPO_ID}/commit/main"),
+            ("no permission to write", REPO_ID),
+        ),
     ],
 )
 def test_permission_errors(model_dir, hub, fake_verify, where, error, fragments):
@@ -444,10 +461,14 @@ def test_transient_errors_are_retried_then_succeed(model_dir, hub, fake_verify):
 @pytest.mark.parametrize(
     ("error", "fragment"),
     [
-        (lambda: httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"),
-         "could not reach the Hugging Face Hub after 4 attempts"),
-        (lambda: hub_error(502, url=f"https://huggingface.co/api/models/{REPO_ID}/commit/main"),
-         "kept failing (502) after 4 attempts"),
+        (
+            lambda: httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"),
+            "could not reach the Hugging Face Hub after 4 attempts",
+        ),
+        (
+            lambda: hub_error(502, url=f"https://huggingface.co/api/models/{REPO_ID}/commit/main"),
+            "kept failing (502) after 4 attempts",
+        ),
     ],
 )
 def test_transient_errors_exhaust_retries(model_dir, hub, fake_verify, error, fragment):
@@ -489,8 +510,10 @@ def test_truncated_weights_are_refused(model_dir, tmp_path, hub):
 
 @pytest.mark.parametrize(
     ("removed", "named_by"),
-    [("pipeline_asr.py", "config.json custom_pipelines automatic-speech-recognition"),
-     ("configuration_asr.py", "config.json auto_map AutoConfig")],
+    [
+        ("pipeline_asr.py", "config.json custom_pipelines automatic-speech-recognition"),
+        ("configuration_asr.py", "config.json auto_map AutoConfig"),
+    ],
 )
 def test_missing_code_file_is_refused(model_dir, tmp_path, hub, removed, named_by):
     broken = copy_model(model_dir, tmp_path / "no_code")
@@ -505,8 +528,8 @@ def test_verification_refuses_code_that_needs_the_project(dry_run, tmp_path):
     out, _, _ = dry_run
     folder = shutil.copytree(out, tmp_path / "export")
     modeling = folder / "modeling_asr.py"
-    modeling.write_text("import presets  # noqa: F401\n" + modeling.read_text())
-    with pytest.raises(hub_push.VerificationError, match="presets") as error:
+    modeling.write_text("import tiny_audio.presets  # noqa: F401\n" + modeling.read_text())
+    with pytest.raises(hub_push.VerificationError, match="tiny_audio") as error:
         hub_push.verify(folder)
     assert str(error.value).startswith("verification failed: ")
 

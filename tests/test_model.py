@@ -13,8 +13,8 @@ from transformers import AutoConfig, AutoModel, AutoProcessor, TextIteratorStrea
 import modeling_asr
 from configuration_asr import ASRConfig, num_audio_tokens
 from modeling_asr import ASRModel, onednn_available, onednn_linear_layers
-from presets import CHATML_TEMPLATE, build, build_offline_tokenizer
 from processing_asr import IGNORE_INDEX, ASRProcessor
+from tiny_audio.presets import CHATML_TEMPLATE, build, build_offline_tokenizer
 
 LLAMA3_TEMPLATE = (
     "<|begin_of_text|>{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"

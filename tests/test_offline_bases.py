@@ -18,8 +18,16 @@ from transformers import (
     WhisperProcessor,
 )
 
-import offline_bases
-from offline_bases import INSTALL_HINT, MIRROR_ENV, SMOLLM2_ID, WHISPER_ID, ensure_mirror, mirror_path, mirror_root
+from tiny_audio import offline_bases
+from tiny_audio.offline_bases import (
+    INSTALL_HINT,
+    MIRROR_ENV,
+    SMOLLM2_ID,
+    WHISPER_ID,
+    ensure_mirror,
+    mirror_path,
+    mirror_root,
+)
 
 
 def installed(module):
@@ -120,7 +128,7 @@ def test_whisper_mirror_layout(whisper_dir, root):
 @needs_whisper
 @needs_espeak
 def test_whisper_mirror_transcribes_speech(whisper_dir):
-    from make_speech_corpus import synthesize
+    from tiny_audio.speech_corpus import synthesize
 
     model = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
     processor = WhisperProcessor.from_pretrained(whisper_dir)

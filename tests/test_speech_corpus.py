@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import make_speech_corpus as msc
+from tiny_audio import speech_corpus as msc
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="apt-get install espeak-ng")
 needs_fortunes = pytest.mark.skipif(not msc.FORTUNE_DIR.is_dir(), reason="apt-get install fortunes")

@@ -15,8 +15,8 @@ import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
-from asr_data import ASRCollator, SkipCounter, build_encoder_cache, scan, synthetic_tones, tone_clip
-from presets import build
+from tiny_audio.data import ASRCollator, SkipCounter, build_encoder_cache, scan, synthetic_tones, tone_clip
+from tiny_audio.presets import build
 from train_trainer import main
 
 
@@ -30,8 +30,19 @@ def logged_losses(checkpoint_dir) -> list[float]:
 
 
 def test_smoke_recipe_learns_and_saves_only_trained_weights(tmp_path):
-    metrics = run(tmp_path, "--max_steps", "40", "--save_strategy", "steps", "--save_steps", "40",
-                  "--eval_strategy", "steps", "--eval_steps", "20")
+    metrics = run(
+        tmp_path,
+        "--max_steps",
+        "40",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "40",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "20",
+    )
     losses = logged_losses(tmp_path / "checkpoint-40")
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.5, losses
     history = json.loads((tmp_path / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
@@ -40,8 +51,18 @@ def test_smoke_recipe_learns_and_saves_only_trained_weights(tmp_path):
     assert "eval_wer" in results and results["eval_wer"] == metrics["eval_wer"]
     for folder in (tmp_path, tmp_path / "checkpoint-40"):
         assert set(load_file(folder / "model.safetensors")) == {
-            f"projector.{name}" for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "linear1.weight",
-                                             "linear1.bias", "linear2.weight", "linear2.bias", "norm.weight")
+            f"projector.{name}"
+            for name in (
+                "conv1.weight",
+                "conv1.bias",
+                "conv2.weight",
+                "conv2.bias",
+                "linear1.weight",
+                "linear1.bias",
+                "linear2.weight",
+                "linear2.bias",
+                "norm.weight",
+            )
         }
         assert (folder / "modeling_asr.py").exists() and (folder / "pipeline_asr.py").exists()
     record = json.loads((tmp_path / "training_run.json").read_text())
@@ -54,7 +75,14 @@ def test_resume_continues_exactly(tmp_path):
     common = ["--save_strategy", "steps", "--save_steps", "4", "--eval_split_name", ""]
     run(tmp_path / "straight", "--max_steps", "8", *common)
     run(tmp_path / "resumed", "--max_steps", "4", *common)
-    run(tmp_path / "resumed", "--max_steps", "8", *common, "--resume_from_checkpoint", str(tmp_path / "resumed/checkpoint-4"))
+    run(
+        tmp_path / "resumed",
+        "--max_steps",
+        "8",
+        *common,
+        "--resume_from_checkpoint",
+        str(tmp_path / "resumed/checkpoint-4"),
+    )
     straight = load_file(tmp_path / "straight/model.safetensors")
     resumed = load_file(tmp_path / "resumed/model.safetensors")
     halfway = load_file(tmp_path / "resumed/checkpoint-4/model.safetensors")
@@ -101,19 +129,41 @@ def messy_folder(tmp_path_factory):
 
 def test_bad_data_is_skipped_and_counted_per_reason(tmp_path, messy_folder, caplog):
     caplog.set_level(logging.INFO)
-    run(tmp_path, "--dataset_name", str(messy_folder), "--eval_split_name", "", "--max_steps", "3",
-        "--max_duration_in_seconds", "10")
+    run(
+        tmp_path,
+        "--dataset_name",
+        str(messy_folder),
+        "--eval_split_name",
+        "",
+        "--max_steps",
+        "3",
+        "--max_duration_in_seconds",
+        "10",
+    )
     counts = json.loads((tmp_path / "training_run.json").read_text())["data"]["train"]
     assert counts["seen"] == 24 and counts["kept"] == 20
     assert counts["skipped"] == {"undecodable": 1, "empty_transcript": 1, "non_finite": 1, "too_long": 1}
     summary = [r.getMessage() for r in caplog.records if "'skipped'" in r.getMessage()]
-    assert summary and all(reason in summary[-1] for reason in ("undecodable", "empty_transcript", "non_finite", "too_long"))
+    assert summary and all(
+        reason in summary[-1] for reason in ("undecodable", "empty_transcript", "non_finite", "too_long")
+    )
 
 
 def test_too_much_bad_data_is_a_clear_error(tmp_path, messy_folder):
     with pytest.raises(ValueError, match=r"examples are unusable .*--max_bad_fraction 0.01"):
-        run(tmp_path, "--dataset_name", str(messy_folder), "--eval_split_name", "", "--max_steps", "3",
-            "--max_duration_in_seconds", "10", "--max_bad_fraction", "0.01")
+        run(
+            tmp_path,
+            "--dataset_name",
+            str(messy_folder),
+            "--eval_split_name",
+            "",
+            "--max_steps",
+            "3",
+            "--max_duration_in_seconds",
+            "10",
+            "--max_bad_fraction",
+            "0.01",
+        )
 
 
 def test_skip_counter_refuses_a_broken_stream_early():
@@ -126,8 +176,21 @@ def test_skip_counter_refuses_a_broken_stream_early():
 
 
 def test_streaming_a_local_folder_trains(tmp_path, messy_folder):
-    run(tmp_path, "--dataset_name", str(messy_folder), "--streaming", "true", "--eval_split_name", "", "--max_steps", "2",
-        "--per_device_train_batch_size", "4", "--max_duration_in_seconds", "10")
+    run(
+        tmp_path,
+        "--dataset_name",
+        str(messy_folder),
+        "--streaming",
+        "true",
+        "--eval_split_name",
+        "",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_duration_in_seconds",
+        "10",
+    )
     assert (tmp_path / "model.safetensors").exists()
 
 
@@ -150,8 +213,21 @@ def test_ctc_warmup_then_lora_stage_from_an_earlier_checkpoint(tmp_path):
     record = json.loads((stage1 / "training_run.json").read_text())
     assert [stage["stage"] for stage in record["stages"]] == ["ctc_warmup", "llm"]
     stage2 = tmp_path / "stage2"
-    run(stage2, "--init_from", str(stage1), "--lora_rank", "4", "--freeze_projector", "true", "--max_steps", "3",
-        "--eval_split_name", "", "--learning_rate", "1e-2")
+    run(
+        stage2,
+        "--init_from",
+        str(stage1),
+        "--lora_rank",
+        "4",
+        "--freeze_projector",
+        "true",
+        "--max_steps",
+        "3",
+        "--eval_split_name",
+        "",
+        "--learning_rate",
+        "1e-2",
+    )
     weights1, weights2 = load_file(stage1 / "model.safetensors"), load_file(stage2 / "model.safetensors")
     assert any("lora_A" in name for name in weights2) and any("lora_B" in name for name in weights2)
     for name, value in weights1.items():
@@ -160,8 +236,21 @@ def test_ctc_warmup_then_lora_stage_from_an_earlier_checkpoint(tmp_path):
 
 
 def test_ctc_warmup_and_llm_stage_train_the_top_encoder_layer_over_cached_outputs(tmp_path):
-    run(tmp_path, "--max_steps", "2", "--ctc_warmup_steps", "4", "--ctc_batch_size", "4", "--eval_split_name", "",
-        "--trained_encoder_layers", "1", "--cache_encoder_outputs", "true")
+    run(
+        tmp_path,
+        "--max_steps",
+        "2",
+        "--ctc_warmup_steps",
+        "4",
+        "--ctc_batch_size",
+        "4",
+        "--eval_split_name",
+        "",
+        "--trained_encoder_layers",
+        "1",
+        "--cache_encoder_outputs",
+        "true",
+    )
     saved = load_file(tmp_path / "model.safetensors")
     fresh, _ = build("tiny-random", trained_encoder_layers=1)
     top = "audio_encoder.layers.1.fc1.weight"
@@ -172,7 +261,7 @@ def test_ctc_warmup_and_llm_stage_train_the_top_encoder_layer_over_cached_output
 def test_trained_encoder_layers_get_a_scaled_learning_rate_in_both_stages(tmp_path):
     from transformers import TrainingArguments
 
-    from ctc_warmup import CTCWarmup
+    from tiny_audio.ctc_warmup import CTCWarmup
     from train_trainer import ASRTrainer
 
     model, processor = build("tiny-random", trained_encoder_layers=1)
@@ -192,11 +281,28 @@ def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatc
     import hub_push
 
     pushed = []
-    monkeypatch.setattr(hub_push, "push_to_hub", lambda folder, repo_id, **kwargs: pushed.append((Path(folder), repo_id)))
-    run(tmp_path, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_split_name", "",
-        "--push_to_hub", "--hub_model_id", "me/tiny-audio-test")
-    assert pushed == [(tmp_path / "checkpoint-2", "me/tiny-audio-test"), (tmp_path / "checkpoint-4", "me/tiny-audio-test"),
-                      (tmp_path, "me/tiny-audio-test")]
+    monkeypatch.setattr(
+        hub_push, "push_to_hub", lambda folder, repo_id, **kwargs: pushed.append((Path(folder), repo_id))
+    )
+    run(
+        tmp_path,
+        "--max_steps",
+        "4",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--eval_split_name",
+        "",
+        "--push_to_hub",
+        "--hub_model_id",
+        "me/tiny-audio-test",
+    )
+    assert pushed == [
+        (tmp_path / "checkpoint-2", "me/tiny-audio-test"),
+        (tmp_path / "checkpoint-4", "me/tiny-audio-test"),
+        (tmp_path, "me/tiny-audio-test"),
+    ]
     assert not (tmp_path / "checkpoint-4" / "README.md").exists()  # the Trainer's own upload path was not used
 
 
@@ -204,10 +310,12 @@ def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatc
 def test_two_process_torchrun_on_cpu(tmp_path):
     """torchrun --nproc_per_node=2 with gloo: ranks see different data and one checkpoint is written."""
     wrapper = tmp_path / "train_recording.py"
-    wrapper.write_text(textwrap.dedent(f"""
+    wrapper.write_text(
+        textwrap.dedent(f"""
         import json, os, sys
         sys.path.insert(0, {str(REPO)!r})
-        import asr_data, train_trainer
+        import train_trainer
+        from tiny_audio import data as asr_data
         seen, call = [], asr_data.ASRCollator.__call__
         def recording(self, examples):
             seen.extend(e["text"] for e in examples)
@@ -216,11 +324,30 @@ def test_two_process_torchrun_on_cpu(tmp_path):
         train_trainer.main(sys.argv[1:])
         with open(os.path.join({str(tmp_path)!r}, f"seen_{{os.environ['RANK']}}.json"), "w") as f:
             json.dump(seen, f)
-    """))
+    """)
+    )
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper), "--preset",
-               "tiny-random", "--max_steps", "3", "--output_dir", str(output), "--eval_split_name", "",
-               "--save_strategy", "steps", "--save_steps", "3", "--ddp_backend", "gloo"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        str(wrapper),
+        "--preset",
+        "tiny-random",
+        "--max_steps",
+        "3",
+        "--output_dir",
+        str(output),
+        "--eval_split_name",
+        "",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "3",
+        "--ddp_backend",
+        "gloo",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**__import__("os").environ})
     assert result.returncode == 0, result.stderr[-3000:]
     seen = [json.loads((tmp_path / f"seen_{rank}.json").read_text()) for rank in (0, 1)]

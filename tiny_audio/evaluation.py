@@ -1,6 +1,6 @@
 """Word error rate and real-time factor of a model on a dataset, through the same pipeline users call.
 
-    python evaluate_asr.py --model outputs/demo --dataset_name outputs/speech_corpus --split test --max_samples 200
+python -m tiny_audio.evaluation --model outputs/demo --dataset_name outputs/speech_corpus --split test --max_samples 200
 """
 
 import argparse
@@ -13,10 +13,10 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from asr_data import SkipCounter, open_dataset, scan
 from configuration_asr import SAMPLING_RATE, from_pretrained_or_mirror
 from pipeline_asr import ASRPipeline
 from processing_asr import load_audio
+from tiny_audio.data import SkipCounter, open_dataset, scan
 
 normalize = EnglishTextNormalizer({})
 
@@ -60,8 +60,11 @@ def evaluate_whisper(model_id: str, examples, batch_size: int = 16) -> dict:
         features = processor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
         with torch.no_grad():
             hypotheses += processor.batch_decode(model.generate(features), skip_special_tokens=True)
-    return {"wer": word_error_rate([e["text"] for e in examples], hypotheses), "samples": len(examples),
-            "hypotheses": hypotheses}
+    return {
+        "wer": word_error_rate([e["text"] for e in examples], hypotheses),
+        "samples": len(examples),
+        "hypotheses": hypotheses,
+    }
 
 
 def main(argv=None) -> dict:

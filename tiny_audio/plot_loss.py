@@ -1,4 +1,4 @@
-"""Plot a run's loss curves (CTC warm-up and LLM stage) and eval WER: `python scripts/plot_loss.py RUN_DIR OUT.png`."""
+"""Plot a run's loss curves (CTC warm-up and LLM stage) and eval WER: `python -m tiny_audio.plot_loss RUN_DIR OUT.png`."""
 
 import json
 import sys

@@ -140,7 +140,9 @@ def scan(dataset, counter: SkipCounter, max_seconds: float, max_samples: int | N
         samples, reason = decode_example(example, index, max_seconds)
         counter.record(reason)
         if samples is not None:
-            kept.append({"audio": example["audio"], "text": example["text"].strip(), "length": samples.size / SAMPLING_RATE})
+            kept.append(
+                {"audio": example["audio"], "text": example["text"].strip(), "length": samples.size / SAMPLING_RATE}
+            )
     counter.check()
     logger.info(f"{counter.name}: {counter.summary()}")
     if not kept:
@@ -169,8 +171,13 @@ class DecodedStream(torch.utils.data.IterableDataset):
             self.counter.record(reason)
             if samples is None:
                 continue
-            buffer.append({"audio": {"array": samples, "sampling_rate": SAMPLING_RATE}, "text": example["text"].strip(),
-                           "length": samples.size / SAMPLING_RATE})
+            buffer.append(
+                {
+                    "audio": {"array": samples, "sampling_rate": SAMPLING_RATE},
+                    "text": example["text"].strip(),
+                    "length": samples.size / SAMPLING_RATE,
+                }
+            )
             if len(buffer) >= self.buffer_size:
                 yield from self._flush(buffer, rng)
                 buffer = []
@@ -214,7 +221,9 @@ class ASRCollator:
 
     def _cached_batch(self, examples: list[dict]) -> dict:
         cached = [self.encoder_cache[e["cache_index"]] for e in examples]
-        rows = [self.processor.tokenize(c["num_samples"], e["text"], e["cache_index"]) for c, e in zip(cached, examples)]
+        rows = [
+            self.processor.tokenize(c["num_samples"], e["text"], e["cache_index"]) for c, e in zip(cached, examples)
+        ]
         batch = {key: torch.tensor(value) for key, value in self.processor.pad_tokens(rows).items()}
         hidden = torch.nn.utils.rnn.pad_sequence([c["hidden_states"] for c in cached], batch_first=True).float()
         lengths = torch.tensor([c["hidden_states"].shape[0] for c in cached])

@@ -1,7 +1,7 @@
 """Screenshot of the demo page (app.py) after a real transcription, taken in headless Chromium.
 
-    python scripts/screenshot_app.py                            # model outputs/demo/, clicks the example clip
-    python scripts/screenshot_app.py --model DIR --clip a.flac --out docs/app.png
+    python -m tiny_audio.app_screenshot                            # model outputs/demo/, clicks the example clip
+    python -m tiny_audio.app_screenshot --model DIR --clip a.flac --out docs/app.png
 
 Starts `app.py` on a free localhost port, drives the page with Playwright and Debian's Chromium (no Playwright
 browser download needed), waits for the run to finish and saves a full-page PNG. The helpers are shared with

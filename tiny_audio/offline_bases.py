@@ -13,7 +13,7 @@ Usage:
 
 ```bash
 pip install -e ".[offline]"
-python offline_bases.py [--root DIR]
+python -m tiny_audio.offline_bases [--root DIR]
 ```
 """
 

@@ -12,7 +12,7 @@ Test sentences never occur in train or validation, and the HELD_OUT_VOICES
 speak only in the test split.  Everything is drawn from one seeded RNG, and a
 rerun with the same arguments on a complete OUT does nothing.
 
-    python make_speech_corpus.py data/speech --num-train 6000 --workers 8
+    python -m tiny_audio.speech_corpus data/speech --num-train 6000 --workers 8
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from asr_data import length_grouped_batches
 from processing_asr import load_audio
+from tiny_audio.data import length_grouped_batches
 
 logger = logging.getLogger(__name__)
 BLANK = 0
@@ -41,7 +41,15 @@ class CTCWarmup:
     frozen encoder layers when available)."""
 
     def __init__(
-        self, model, processor, dataset, encoder_cache=None, batch_size=16, learning_rate=1e-3, encoder_lr_scale=1.0, seed=0
+        self,
+        model,
+        processor,
+        dataset,
+        encoder_cache=None,
+        batch_size=16,
+        learning_rate=1e-3,
+        encoder_lr_scale=1.0,
+        seed=0,
     ):
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
         targets = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in dataset["text"]]
