@@ -1,8 +1,7 @@
 """Tiny Audio speech-LLM: frozen Whisper encoder -> trained projector -> frozen decoder-only LLM."""
 
-import copy
-from contextlib import contextmanager
-from functools import partial
+import shutil
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -10,7 +9,6 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import (
     AutoModelForCausalLM,
-    DynamicCache,
     GenerationMixin,
     PreTrainedModel,
     StoppingCriteria,
@@ -29,7 +27,12 @@ try:
         conv_output_length,
         from_pretrained_or_mirror,
     )
-    from .pipeline_asr import ASRPipeline  # noqa: F401  (ships with the model; saved beside it)
+    from .cpu_inference_asr import (
+        CLIP_BY_CLIP_MIN_WIDTH,
+        onednn_linear_layers,
+        prefill_clip_by_clip,
+        prefills_clip_by_clip,
+    )
 except ImportError:
     from configuration_asr import (
         HOP_LENGTH,
@@ -38,61 +41,24 @@ except ImportError:
         conv_output_length,
         from_pretrained_or_mirror,
     )
-    from pipeline_asr import ASRPipeline  # noqa: F401
+    from cpu_inference_asr import (
+        CLIP_BY_CLIP_MIN_WIDTH,
+        onednn_linear_layers,
+        prefill_clip_by_clip,
+        prefills_clip_by_clip,
+    )
 
 logger = logging.get_logger(__name__)
 
-HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder", "_commit_hash")
 WEIGHTS_NAME = "model.safetensors"
-# cuDNN's attention builds a new graph (~10 ms of CPU per call) for every sequence length it has not seen, and real
-# clip lengths change with every batch: on an H100 that made a training step 5x slower. The other backends do not.
+# cuDNN's attention builds a new graph for every sequence length it has not seen, and real clip lengths change with
+# every batch, so planning would cost more than the attention itself. The other backends do not plan.
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-# On a 2-core CPU, batch 8 of 32 clips (20 new tokens each) ran 1.18x faster prefilled clip by clip than as a padded
-# batch at the reference widths (LLM 2048 wide, 2 + 2 layers), and 0.95x as fast on the `tiny` preset (576 wide).
-CLIP_BY_CLIP_MIN_WIDTH = 1024
-
-
-def onednn_available() -> bool:
-    """An x86 CPU (AVX2 or AVX-512) and a PyTorch build with oneDNN's inner-product op."""
-    x86 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    return x86 and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-@contextmanager
-def onednn_linear_layers(model: nn.Module):
-    """While open, the model's float32 CPU `nn.Linear` layers compute through oneDNN instead of MKL's sgemm.
-
-    MKL is slow at the few rows of a decoding step: on a 2-core AVX-512 CPU the reference build's 128k-vocabulary LM
-    head took 172 ms for 8 rows in MKL and 53 ms in oneDNN (1 row: 56 vs 34 ms), to float32 rounding; with both
-    libraries held to AVX2 the gap was the same. Only the layers' `forward` changes, so other ops pay nothing. Layers
-    that already have their own `forward` (accelerate's hooks, an enclosing call) are left alone; all are restored on
-    exit.
-    """
-    if not onednn_available():
-        yield
-        return
-    layers = [
-        module
-        for module in model.modules()
-        if type(module) is nn.Linear
-        and "forward" not in vars(module)
-        and module.weight.dtype == torch.float32
-        and module.weight.device.type == "cpu"
-    ]
-    for layer in layers:
-        layer.forward = partial(onednn_linear, layer)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward
-
-
-def onednn_linear(layer: nn.Linear, input: torch.Tensor) -> torch.Tensor:
-    """`layer(input)` through oneDNN; under autograd (the op has no backward) or for other inputs, plain `F.linear`."""
-    if torch.is_grad_enabled() or type(input) is not torch.Tensor or input.dtype != torch.float32:
-        return nn.functional.linear(input, layer.weight, layer.bias)
-    return torch.ops.mkldnn._linear_pointwise(input, layer.weight, layer.bias, "none", [], "")
+# `from_pretrained` keywords of a checkpoint with only trained weights: where each one goes.
+CHECKPOINT_ONLY_KWARGS = ("revision", "subfolder", "_commit_hash")
+HUB_ACCESS_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "proxies")
+BASE_LOADER_KWARGS = ("attn_implementation", "max_memory", "offload_folder", "offload_buffers", "quantization_config")
+AUTO_CLASS_KWARGS = ("trust_remote_code", "code_revision", "adapter_kwargs", "_from_auto", "_from_pipeline")
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -107,6 +73,69 @@ def seeded(seed: int | None, build, config) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return build(config)
+
+
+class SplitWhisperEncoder(WhisperEncoder):
+    """Whisper's encoder at each clip's real length (never padded to 30 s; padding is masked out), run in two parts:
+    the frozen bottom layers, whose output an encoder cache holds, and the top `num_trained_layers` layers with the
+    final layer norm, which train. The parameters are Whisper's own, so state-dict keys do not change."""
+
+    def __init__(self, config, num_trained_layers: int = 0):
+        super().__init__(config)
+        self.num_trained_layers = num_trained_layers
+
+    @classmethod
+    def from_encoder(cls, encoder: WhisperEncoder, num_trained_layers: int) -> "SplitWhisperEncoder":
+        """A loaded `WhisperEncoder` made a `SplitWhisperEncoder` in place: the class adds methods, not state, so the
+        module keeps its weights, placement, hooks and initialisation marks (a copy would be initialised again)."""
+        encoder.__class__ = cls
+        encoder.num_trained_layers = num_trained_layers
+        return encoder
+
+    @property
+    def num_frozen_layers(self) -> int:
+        return len(self.layers) - self.num_trained_layers
+
+    def trained_modules(self) -> list[nn.Module]:
+        """The top `num_trained_layers` layers and the final layer norm (none when 0)."""
+        trained_layers = self.layers[self.num_frozen_layers :]
+        return [*trained_layers, self.layer_norm] if len(trained_layers) else []
+
+    @sdpa_kernel(ATTENTION_BACKENDS)
+    def forward_frozen(self, input_features: torch.Tensor, feature_lengths: torch.Tensor):
+        """Convolutions, positions and the frozen layers: mel features (batch, mels, frames) with valid lengths ->
+        (batch, frames / 2, d_model) and their valid lengths. Padding inside a batch changes nothing."""
+        if input_features.shape[-1] > MAX_FEATURE_FRAMES:
+            raise ValueError(
+                f"audio clips are limited to 30 s ({MAX_FEATURE_FRAMES} feature frames), got {input_features.shape[-1]}; "
+                "the pipeline splits longer audio"
+            )
+        features = input_features.to(self.conv1.weight.dtype)
+        features = features * lengths_to_mask(feature_lengths, features.shape[-1])[:, None, :]
+        hidden_states = nn.functional.gelu(self.conv1(features))
+        hidden_states = hidden_states * lengths_to_mask(feature_lengths, hidden_states.shape[-1])[:, None, :]
+        hidden_states = nn.functional.gelu(self.conv2(hidden_states)).transpose(1, 2)
+        lengths = conv_output_length(feature_lengths)
+        hidden_states = hidden_states + self.embed_positions.weight[: hidden_states.shape[1]]
+        return self.run_layers(self.layers[: self.num_frozen_layers], hidden_states, lengths), lengths
+
+    @sdpa_kernel(ATTENTION_BACKENDS)
+    def forward_trained(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The trained layers and the final layer norm, on `forward_frozen`'s output (or a cache of it)."""
+        hidden_states = hidden_states.to(self.layer_norm.weight.dtype)
+        return self.layer_norm(self.run_layers(self.layers[self.num_frozen_layers :], hidden_states, lengths))
+
+    @staticmethod
+    def run_layers(layers, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Whisper encoder layers, with each clip's padding masked out of attention."""
+        attention_mask = None
+        if len(layers) and (lengths < hidden_states.shape[1]).any():
+            padding = ~lengths_to_mask(lengths, hidden_states.shape[1])
+            attention_mask = torch.zeros(padding.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+            attention_mask = attention_mask.masked_fill(padding, torch.finfo(hidden_states.dtype).min)[:, None, None, :]
+        for layer in layers:
+            hidden_states = layer(hidden_states, attention_mask)
+        return hidden_states
 
 
 class AudioProjector(nn.Module):
@@ -124,7 +153,8 @@ class AudioProjector(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, frames, audio_dim) with valid lengths -> (batch, frames / 4, llm_dim) and their valid lengths."""
-        hidden_states = hidden_states.to(self.conv1.weight.dtype).transpose(1, 2)
+        hidden_states = hidden_states.to(self.conv1.weight.device, self.conv1.weight.dtype).transpose(1, 2)
+        lengths = lengths.to(hidden_states.device)
         for conv in (self.conv1, self.conv2):
             # Zero the padding so a clip's output does not depend on what it is batched with.
             hidden_states = hidden_states * lengths_to_mask(lengths, hidden_states.shape[-1])[:, None, :]
@@ -167,14 +197,17 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         self, config: ASRConfig, audio_encoder: nn.Module | None = None, language_model: nn.Module | None = None
     ):
         super().__init__(config)
-        self.audio_encoder = audio_encoder if audio_encoder is not None else WhisperEncoder(config.audio_config)
+        if audio_encoder is None:
+            self.audio_encoder = SplitWhisperEncoder(config.audio_config, config.trained_encoder_layers)
+        else:
+            self.audio_encoder = SplitWhisperEncoder.from_encoder(audio_encoder, config.trained_encoder_layers)
         self.projector = AudioProjector(config)
         self.language_model = (
             language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         )
         if config.lora_rank > 0:
             self._inject_lora()
-        for module in self.trained_encoder_modules():
+        for module in self.audio_encoder.trained_modules():
             module.float()  # trained weights stay float32 whatever the bases' dtype
         self.freeze_base_models()
         self.post_init()
@@ -182,47 +215,77 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             self.match_projector_scale()
 
     @classmethod
-    def from_base_models(cls, config: ASRConfig, dtype: torch.dtype | str | None = None) -> "ASRModel":
+    def from_base_models(cls, config: ASRConfig, dtype: torch.dtype | str | None = None, **loader_kwargs) -> "ASRModel":
         """A fresh model on the base models: the pretrained `config.audio_model_id` / `config.text_model_id`, or,
         where an id is `None`, random weights drawn from `config.base_seed` (for offline smoke tests).
 
-        Either way the bases can be rebuilt, so saving it writes only the trained weights.
+        `dtype` and `loader_kwargs` (`attn_implementation`, `device_map`, `cache_dir`, ...) go to the pretrained bases'
+        `from_pretrained`; random bases take `attn_implementation` only. Either way the bases can be rebuilt, so saving
+        the model writes only the trained weights.
         """
+        bases = ((config.audio_model_id, config.audio_config), (config.text_model_id, config.text_config))
+        random_bases = [base_config for model_id, base_config in bases if not model_id]
+        unhonoured = sorted(set(loader_kwargs) - {"attn_implementation", *HUB_ACCESS_KWARGS})
+        if random_bases and unhonoured:
+            raise TypeError(f"base models with random weights cannot take {unhonoured}, only attn_implementation")
+        for base_config in random_bases:
+            if loader_kwargs.get("attn_implementation"):
+                base_config._attn_implementation = loader_kwargs["attn_implementation"]
         if config.audio_model_id:
             whisper = from_pretrained_or_mirror(
-                WhisperModel, config.audio_model_id, config.audio_model_revision, dtype=dtype
+                WhisperModel, config.audio_model_id, config.audio_model_revision, dtype=dtype, **loader_kwargs
             )
             config.audio_config, encoder = whisper.config, whisper.get_encoder()
         else:
             encoder = seeded(config.base_seed, WhisperEncoder, config.audio_config)
         if config.text_model_id:
             llm = from_pretrained_or_mirror(
-                AutoModelForCausalLM, config.text_model_id, config.text_model_revision, dtype=dtype
+                AutoModelForCausalLM, config.text_model_id, config.text_model_revision, dtype=dtype, **loader_kwargs
             )
             config.text_config = llm.config
         else:
             llm = seeded(config.base_seed, AutoModelForCausalLM.from_config, config.text_config)
         config.trained_weights_only = True
-        return cls(config, audio_encoder=encoder, language_model=llm)
+        model = cls(config, audio_encoder=encoder, language_model=llm)
+        model.projector.to(model.get_input_embeddings().weight.device)  # beside the LLM, wherever it was placed
+        return model
 
     # ----------------------------------------------------------------- loading and saving
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config: ASRConfig | None = None, **kwargs):
-        """Loads a saved model; a checkpoint with only trained weights gets its base models from their Hub ids."""
-        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        """Loads a saved model; a checkpoint with only trained weights gets its base models from their Hub ids.
+
+        Such a checkpoint passes `dtype`, `attn_implementation`, `device_map` and the Hub access keywords on to the
+        bases' loaders, and refuses with a `TypeError` any keyword that it cannot honour."""
         if config is None:
-            config = ASRConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            config_kwargs = {key: kwargs[key] for key in (*CHECKPOINT_ONLY_KWARGS, *HUB_ACCESS_KWARGS) if key in kwargs}
+            config = ASRConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
         if not config.trained_weights_only:
             model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
             model.freeze_base_models()
             return model
+        accepted = {*CHECKPOINT_ONLY_KWARGS, *HUB_ACCESS_KWARGS, *BASE_LOADER_KWARGS, *AUTO_CLASS_KWARGS}
+        unknown = sorted(set(kwargs) - accepted - {"dtype", "torch_dtype", "device_map"})
+        if model_args or unknown:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained cannot honour {unknown or 'positional model arguments'} for a "
+                f"checkpoint with only trained weights; it takes {sorted(accepted - set(AUTO_CLASS_KWARGS))}, "
+                "dtype and device_map"
+            )
+        hub_kwargs = {key: kwargs[key] for key in (*CHECKPOINT_ONLY_KWARGS, *HUB_ACCESS_KWARGS) if key in kwargs}
+        loader_kwargs = {key: kwargs[key] for key in (*HUB_ACCESS_KWARGS, *BASE_LOADER_KWARGS) if key in kwargs}
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-        model = cls.from_base_models(config, dtype=None if dtype == "auto" else dtype)
+        device_map = kwargs.get("device_map")
+        single_device = isinstance(device_map, (int, torch.device)) or (
+            isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential")
+        )
+        if device_map is not None and not single_device:
+            loader_kwargs["device_map"] = device_map  # accelerate places the bases; the projector follows the LLM
+        model = cls.from_base_models(config, dtype=None if dtype == "auto" else dtype, **loader_kwargs)
         weights_file = cached_file(pretrained_model_name_or_path, WEIGHTS_NAME, **hub_kwargs)
         model.load_trained_weights(load_file(weights_file))
-        device_map = kwargs.get("device_map")
-        if isinstance(device_map, (str, torch.device)) and device_map != "auto":
+        if single_device:
             model.to(device_map)
         return model.eval()
 
@@ -231,29 +294,10 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(self.is_trained_weight(name))
 
-    @property
-    def num_frozen_encoder_layers(self) -> int:
-        """Encoder layers below the `config.trained_encoder_layers` trained ones: frozen, and what a cache holds."""
-        return len(self.audio_encoder.layers) - self.config.trained_encoder_layers
-
-    def trained_encoder_modules(self) -> list[nn.Module]:
-        """The top `config.trained_encoder_layers` encoder layers and the final layer norm (none when 0)."""
-        trained_layers = self.audio_encoder.layers[self.num_frozen_encoder_layers :]
-        return [*trained_layers, self.audio_encoder.layer_norm] if len(trained_layers) else []
-
-    def trained_encoder_parameters(self) -> list[nn.Parameter]:
-        """The parameters of `trained_encoder_modules` (pretrained weights: they may want a lower learning rate)."""
-        return [p for module in self.trained_encoder_modules() for p in module.parameters()]
-
-    def audio_parameters(self) -> list[nn.Parameter]:
-        """The trained parameters between the audio and the LLM: the projector and any trained encoder layers."""
-        return [*self.projector.parameters(), *self.trained_encoder_parameters()]
-
     def is_trained_weight(self, name: str) -> bool:
         """Whether a state-dict key belongs to what this project trains, not to a frozen base model."""
-        trained_encoder = [
-            f"audio_encoder.layers.{i}." for i in range(self.num_frozen_encoder_layers, len(self.audio_encoder.layers))
-        ]
+        encoder = self.audio_encoder
+        trained_encoder = [f"audio_encoder.layers.{i}." for i in range(encoder.num_frozen_layers, len(encoder.layers))]
         trained_encoder += ["audio_encoder.layer_norm."] if self.config.trained_encoder_layers else []
         return name.startswith(("projector.", *trained_encoder)) or "lora_" in name
 
@@ -268,7 +312,10 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             )
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
-        """Saves config, code and weights: only trained weights when the base models can be fetched again."""
+        """Saves config, code and weights: only trained weights when the base models can be fetched again.
+
+        transformers copies this file and what it imports; the pipeline that `custom_pipelines` names is copied from
+        beside this file, so that loading the model alone needs none of the pipeline's audio packages."""
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
             "AutoModelForSpeechSeq2Seq": "modeling_asr.ASRModel",
@@ -285,6 +332,9 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             state_dict = state_dict if state_dict is not None else self.state_dict()
             state_dict = {key: value for key, value in state_dict.items() if self.is_trained_weight(key)}
         super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        pipeline_file = Path(__file__).with_name("pipeline_asr.py")
+        if pipeline_file.is_file():
+            shutil.copy(pipeline_file, Path(save_directory) / pipeline_file.name)
 
     # ----------------------------------------------------------------- modules
 
@@ -332,47 +382,6 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     # ----------------------------------------------------------------- forward
 
-    @sdpa_kernel(ATTENTION_BACKENDS)
-    def encode_audio_frozen(self, input_features: torch.Tensor, feature_lengths: torch.Tensor):
-        """The frozen part of the encoder (convolutions, positions, all layers below the trained ones) on the real
-        length of each clip: what an encoder cache holds. Padding inside a batch changes nothing.
-        Mel features (batch, mels, frames) -> (batch, frames / 2, d_model) and valid lengths."""
-        if input_features.shape[-1] > MAX_FEATURE_FRAMES:
-            raise ValueError(
-                f"audio clips are limited to 30 s ({MAX_FEATURE_FRAMES} feature frames), got {input_features.shape[-1]}; "
-                "the pipeline splits longer audio"
-            )
-        encoder = self.audio_encoder
-        features = input_features.to(encoder.conv1.weight.dtype)
-        features = features * lengths_to_mask(feature_lengths, features.shape[-1])[:, None, :]
-        hidden_states = nn.functional.gelu(encoder.conv1(features))
-        hidden_states = hidden_states * lengths_to_mask(feature_lengths, hidden_states.shape[-1])[:, None, :]
-        hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).transpose(1, 2)
-        lengths = conv_output_length(feature_lengths)
-        hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
-        frozen_layers = encoder.layers[: self.num_frozen_encoder_layers]
-        return self._run_encoder_layers(frozen_layers, hidden_states, lengths), lengths
-
-    @sdpa_kernel(ATTENTION_BACKENDS)
-    def encode_audio_trained(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The top `config.trained_encoder_layers` layers and the final layer norm, on `encode_audio_frozen`'s output."""
-        encoder = self.audio_encoder
-        hidden_states = hidden_states.to(encoder.layer_norm.weight.dtype)
-        trained_layers = encoder.layers[self.num_frozen_encoder_layers :]
-        return encoder.layer_norm(self._run_encoder_layers(trained_layers, hidden_states, lengths))
-
-    @staticmethod
-    def _run_encoder_layers(layers, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Whisper encoder layers, with each clip's padding masked out of attention."""
-        attention_mask = None
-        if len(layers) and (lengths < hidden_states.shape[1]).any():
-            padding = ~lengths_to_mask(lengths, hidden_states.shape[1])
-            attention_mask = torch.zeros(padding.shape, dtype=hidden_states.dtype, device=hidden_states.device)
-            attention_mask = attention_mask.masked_fill(padding, torch.finfo(hidden_states.dtype).min)[:, None, None, :]
-        for layer in layers:
-            hidden_states = layer(hidden_states, attention_mask)
-        return hidden_states
-
     def get_audio_features(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
         """Mel features (batch, mels, frames), or cached outputs of the frozen encoder layers
         `{"audio": (hidden_states, lengths)}`, -> projected audio embeddings (batch, tokens, llm_dim) and lengths."""
@@ -382,8 +391,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             if not torch.isfinite(input_features).all():
                 raise ValueError("input_features contain NaN or Inf values; check the audio for corrupt samples")
             with torch.no_grad():
-                hidden_states, lengths = self.encode_audio_frozen(input_features, input_features_mask.sum(-1))
-        return self.projector(self.encode_audio_trained(hidden_states, lengths), lengths)
+                hidden_states, lengths = self.audio_encoder.forward_frozen(input_features, input_features_mask.sum(-1))
+        return self.projector(self.audio_encoder.forward_trained(hidden_states, lengths), lengths)
 
     def embed_prompt(self, input_ids, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
         """Token embeddings of the prompt with the projected audio spliced in at the placeholder positions."""
@@ -423,7 +432,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         r"""
         input_features (`torch.FloatTensor` of shape `(batch, mels, frames)`): log-mel features, zero-padded.
         input_features_mask (`torch.LongTensor` of shape `(batch, frames)`): 1 on the real frames of each clip.
-        mm_encoder_outputs (`dict`): `{"audio": (hidden_states, lengths)}` of a cached `encode_audio_frozen` run,
+        mm_encoder_outputs (`dict`): `{"audio": (hidden_states, lengths)}` of a cached `audio_encoder.forward_frozen` run,
             instead of features.
         labels (`torch.LongTensor`): target ids, -100 everywhere but the transcript and its end-of-turn token. The LM
             head then runs only on those positions.
@@ -457,67 +466,20 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     # ----------------------------------------------------------------- generation
 
-    def prefills_clip_by_clip(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
-        """Whether `generate` encodes and prefills each clip alone: on a CPU, for a batch of prompts of different
-        lengths that end in text, with an LLM at least `CLIP_BY_CLIP_MIN_WIDTH` wide. Such a model is compute-bound
-        there, so batching gains nothing and padding to the longest clip is wasted arithmetic; narrower models gain
-        from the batch."""
-        return (
-            self.device.type == "cpu"
-            and self.config.text_config.hidden_size >= CLIP_BY_CLIP_MIN_WIDTH
-            and attention_mask is not None
-            and not bool(attention_mask.all())
-            and not bool((input_ids[:, -1] == self.config.audio_token_id).any())
-        )
-
-    def shared_prefix_length(self, input_ids: torch.Tensor, starts: list[int]) -> int:
-        """How many tokens before the first audio placeholder every left-padded prompt (row `i` starting at
-        `starts[i]`) begins with: the chat template's text before the audio, 0 when the prompts differ there."""
-        first_prompt = input_ids[0, starts[0] :]
-        length = int((first_prompt == self.config.audio_token_id).int().argmax())
-        prefixes = [input_ids[row, start : start + length] for row, start in enumerate(starts)]
-        return length if all(torch.equal(prefix, prefixes[0]) for prefix in prefixes) else 0
-
-    @sdpa_kernel(ATTENTION_BACKENDS)
-    def prefill_clip_by_clip(self, input_ids, attention_mask, input_features, input_features_mask) -> DynamicCache:
-        """The KV cache of every prompt but its last token, merged into one left-padded batch cache; `generate` then
-        runs the last prompt token and decodes the batch. The text before the audio, the same in every prompt, is
-        prefilled once; after it, each clip is encoded and prefilled alone, at its own length."""
-        width = input_ids.shape[1] - 1
-        decoder, text_config = self.language_model.get_decoder(), self.language_model.config
-        starts = (width + 1 - attention_mask.sum(-1)).tolist()
-        prefix_length = self.shared_prefix_length(input_ids, starts)
-        prefix = DynamicCache(config=text_config)
-        if prefix_length:
-            prefix_embeds = self.get_input_embeddings()(input_ids[:1, starts[0] : starts[0] + prefix_length])
-            decoder(inputs_embeds=prefix_embeds, cache=prefix, use_cache=True)
-        caches = []
-        for row, (start, frames) in enumerate(zip(starts, input_features_mask.sum(-1).tolist())):
-            inputs_embeds = self.embed_prompt(
-                input_ids[row : row + 1, start + prefix_length : width],
-                input_features[row : row + 1, :, :frames],
-                input_features_mask[row : row + 1, :frames],
-            )
-            caches.append(copy.deepcopy(prefix))
-            decoder(inputs_embeds=inputs_embeds, cache=caches[-1], use_cache=True)
-
-        def left_padded(states: list[torch.Tensor]) -> torch.Tensor:
-            return torch.cat([nn.functional.pad(state, (0, 0, width - state.shape[2], 0)) for state in states])
-
-        merged = DynamicCache(config=text_config)
-        for index in range(len(caches[0].layers)):
-            layers = [cache.layers[index] for cache in caches]
-            merged.update(
-                left_padded([layer.keys for layer in layers]), left_padded([layer.values for layer in layers]), index
-            )
-        return merged
-
     @torch.no_grad()
-    def generate(self, input_ids=None, input_features=None, input_features_mask=None, attention_mask=None, **kwargs):
+    def generate(
+        self,
+        input_ids=None,
+        input_features=None,
+        input_features_mask=None,
+        attention_mask=None,
+        clip_by_clip_min_width: int = CLIP_BY_CLIP_MIN_WIDTH,
+        **kwargs,
+    ):
         """Greedy decoding with the KV cache; each clip's new tokens are capped by its duration unless
-        `max_new_tokens` is given. Returns prompt + generated ids, like any decoder-only `generate`. On CPU a wide model
-        prefills a batch clip by clip (`prefills_clip_by_clip`), and float32 linear layers run through oneDNN
-        (`onednn_linear_layers`)."""
+        `max_new_tokens` is given. Returns prompt + generated ids, like any decoder-only `generate`. On CPU an LLM at
+        least `clip_by_clip_min_width` wide prefills a batch clip by clip, and float32 linear layers run through oneDNN
+        (both in `cpu_inference_asr.py`)."""
         if input_features_mask is not None and "max_new_tokens" not in kwargs:
             num_samples = input_features_mask.sum(-1).cpu() * HOP_LENGTH
             caps = torch.tensor([self.config.max_new_tokens_for(int(n)) for n in num_samples])
@@ -529,11 +491,12 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             if (
                 input_features is not None
                 and "cache" not in kwargs
-                and self.prefills_clip_by_clip(input_ids, attention_mask)
+                and prefills_clip_by_clip(self, input_ids, attention_mask, clip_by_clip_min_width)
             ):
-                kwargs["cache"] = self.prefill_clip_by_clip(
-                    input_ids, attention_mask, input_features, input_features_mask
-                )
+                with sdpa_kernel(ATTENTION_BACKENDS):
+                    kwargs["cache"] = prefill_clip_by_clip(
+                        self, input_ids, attention_mask, input_features, input_features_mask
+                    )
             else:
                 kwargs.update(input_features=input_features, input_features_mask=input_features_mask)
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -542,4 +505,4 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 ASRConfig.register_for_auto_class()
 ASRModel.register_for_auto_class("AutoModel")
 
-__all__ = ["ASRModel", "ASRPreTrainedModel", "AudioProjector"]
+__all__ = ["ASRModel", "ASRPreTrainedModel", "AudioProjector", "SplitWhisperEncoder"]

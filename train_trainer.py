@@ -35,6 +35,7 @@ from tiny_audio.data import (
     scan,
 )
 from tiny_audio.evaluation import evaluate_model, word_error_rate
+from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parameters
 from tiny_audio.presets import build
 
 logger = logging.getLogger("train_trainer")
@@ -214,7 +215,7 @@ class ASRTrainer(Trainer):
         self.encoder_learning_rate_scale = encoder_learning_rate_scale
 
     def create_optimizer(self, model=None):
-        encoder = [p for p in self.model.trained_encoder_parameters() if p.requires_grad]
+        encoder = [p for p in trained_encoder_parameters(self.model) if p.requires_grad]
         if self.optimizer is None and encoder:
             encoder_ids = {id(p) for p in encoder}
             others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in encoder_ids]
@@ -268,7 +269,7 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
             trained_encoder_layers=model_args.trained_encoder_layers,
         )
     if model_args.freeze_projector:
-        for parameter in model.audio_parameters():
+        for parameter in audio_parameters(model):
             parameter.requires_grad_(False)
     return model, processor
 

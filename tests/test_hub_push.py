@@ -30,6 +30,7 @@ MODEL_FILES = {
     "config.json",
     "configuration_asr.py",
     "modeling_asr.py",
+    "cpu_inference_asr.py",
     "processing_asr.py",
     "pipeline_asr.py",
     "model.safetensors",

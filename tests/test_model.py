@@ -2,6 +2,10 @@
 
 import copy
 import json
+import subprocess
+import sys
+import textwrap
+import threading
 
 import pytest
 import torch
@@ -10,9 +14,10 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoProcessor, TextIteratorStreamer
 
-import modeling_asr
+import cpu_inference_asr
 from configuration_asr import ASRConfig, num_audio_tokens
-from modeling_asr import ASRModel, onednn_available, onednn_linear_layers
+from cpu_inference_asr import onednn_available, onednn_linear_layers, prefills_clip_by_clip
+from modeling_asr import ASRModel
 from processing_asr import IGNORE_INDEX, ASRProcessor
 from tiny_audio.presets import CHATML_TEMPLATE, build, build_offline_tokenizer
 
@@ -175,7 +180,7 @@ def test_batched_generation_equals_one_at_a_time(tiny_random):
         assert (together[row][alone.numel() :] == processor.tokenizer.pad_token_id).all()
 
 
-def test_cpu_batch_of_a_wide_model_is_prefilled_clip_by_clip_without_padding(tiny_random, monkeypatch):
+def test_cpu_batch_of_a_wide_model_is_prefilled_clip_by_clip_without_padding(tiny_random):
     """On CPU a wide model prefills the text before the audio once, then each clip's encoder and prefill run at its
     own length (padding would be wasted arithmetic); the batch then decodes together, with the tokens of the padded
     batched prefill, which narrow models keep (they gain from the batch)."""
@@ -187,19 +192,18 @@ def test_cpu_batch_of_a_wide_model_is_prefilled_clip_by_clip_without_padding(tin
     def record(module, args, kwargs):
         shapes.append(tuple(kwargs["inputs_embeds"].shape[:2]))
 
-    def generate_recording_prefill_shapes():
+    def generate_recording_prefill_shapes(**extra):
         shapes.clear()
         hook = model.language_model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
         try:
-            return model.generate(**batch, **kwargs)
+            return model.generate(**batch, **kwargs, **extra)
         finally:
             hook.remove()
 
     padded_length = batch["input_ids"].shape[1]
     batched = generate_recording_prefill_shapes()
     assert shapes == [(3, padded_length)] + [(3, 1)] * 3  # tiny-random is 64 wide
-    monkeypatch.setattr(modeling_asr, "CLIP_BY_CLIP_MIN_WIDTH", model.config.text_config.hidden_size)
-    clip_by_clip = generate_recording_prefill_shapes()
+    clip_by_clip = generate_recording_prefill_shapes(clip_by_clip_min_width=model.config.text_config.hidden_size)
     text_before_audio = processor.prompt.split(processor.audio_token)[0]
     prefix = len(processor.tokenizer(text_before_audio, add_special_tokens=False)["input_ids"])
     prompt_lengths = batch["attention_mask"].sum(-1).tolist()
@@ -208,7 +212,7 @@ def test_cpu_batch_of_a_wide_model_is_prefilled_clip_by_clip_without_padding(tin
     assert torch.equal(clip_by_clip, batched)
 
 
-def test_prompts_ending_in_audio_keep_the_padded_batch_prefill(tiny_random, monkeypatch):
+def test_prompts_ending_in_audio_keep_the_padded_batch_prefill(tiny_random):
     """Clip-by-clip prefill leaves the last prompt token to `generate`; a prompt that ends in audio keeps the padded
     batch instead of failing."""
     model, processor = tiny_random
@@ -217,14 +221,13 @@ def test_prompts_ending_in_audio_keep_the_padded_batch_prefill(tiny_random, monk
     )
     batch = plain(audio=[noise(1.4), noise(0.5, seed=1)])
     assert (batch["input_ids"][:, -1] == plain.audio_token_id).all()
-    monkeypatch.setattr(modeling_asr, "CLIP_BY_CLIP_MIN_WIDTH", 0)
-    assert not model.prefills_clip_by_clip(batch["input_ids"], batch["attention_mask"])
-    generated = model.generate(**batch, max_new_tokens=3, min_new_tokens=3, pad_token_id=0)
+    assert not prefills_clip_by_clip(model, batch["input_ids"], batch["attention_mask"], min_width=0)
+    generated = model.generate(**batch, max_new_tokens=3, min_new_tokens=3, pad_token_id=0, clip_by_clip_min_width=0)
     assert generated.shape == (2, batch["input_ids"].shape[1] + 3)
 
 
 def test_attention_stays_off_cudnn_whose_graphs_are_rebuilt_per_length(tiny_random):
-    """cuDNN attention plans again for every new sequence length (measured: 5x slower training steps on an H100)."""
+    """cuDNN attention plans again for every new sequence length, and every batch brings new clip lengths."""
     model, processor = tiny_random
     seen = []
 
@@ -246,7 +249,8 @@ def test_attention_stays_off_cudnn_whose_graphs_are_rebuilt_per_length(tiny_rand
 
 @pytest.mark.skipif(not onednn_available(), reason="needs an x86 CPU with oneDNN (the routing is off elsewhere)")
 def test_cpu_generation_runs_linear_layers_through_onednn(tiny_random, monkeypatch):
-    """MKL's float32 sgemm is 1.6-3x slower than oneDNN at decoding's few rows; the tokens must not change."""
+    """MKL's float32 sgemm is slow at decoding's few rows, so oneDNN computes them; the tokens must not change, and
+    outside `generate` the layers compute with `F.linear` again."""
     model, processor = tiny_random
     batch = processor(audio=[noise(1.2), noise(0.6, seed=1)])
     kwargs = {"max_new_tokens": 5, "eos_token_id": -1, "pad_token_id": 0}
@@ -254,8 +258,11 @@ def test_cpu_generation_runs_linear_layers_through_onednn(tiny_random, monkeypat
         routed = model.generate(**batch, **kwargs)
     ops = {event.name for event in profile.events()}
     assert "mkldnn::_linear_pointwise" in ops and "aten::linear" not in ops
-    assert not any("forward" in vars(module) for module in model.modules())  # every layer restored
-    monkeypatch.setattr(modeling_asr, "onednn_available", lambda: False)
+    with torch.profiler.profile() as profile, torch.no_grad():
+        model(**batch)
+    ops = {event.name for event in profile.events()}
+    assert "aten::linear" in ops and "mkldnn::_linear_pointwise" not in ops
+    monkeypatch.setattr(cpu_inference_asr, "onednn_available", lambda: False)
     assert torch.equal(routed, model.generate(**batch, **kwargs))
 
 
@@ -268,13 +275,48 @@ def test_onednn_layers_match_f_linear_and_leave_autograd_bfloat16_and_hooked_lay
     last_position = torch.randn(3, 7, 64)[:, -1:]  # a strided slice, as the LM head gets it
     expected = model["routed"](last_position)
     with onednn_linear_layers(model):
-        with torch.no_grad():
+        with torch.no_grad(), torch.profiler.profile() as profile:
             torch.testing.assert_close(model["routed"](last_position), expected)
+        assert "mkldnn::_linear_pointwise" in {event.name for event in profile.events()}
         assert "forward" in vars(model["routed"]) and "forward" not in vars(model["bf16"])
         assert model["hooked"].forward is hooked
         model["routed"](last_position).square().sum().backward()  # autograd on: plain F.linear
     assert model["routed"].weight.grad.abs().sum() > 0
-    assert "forward" not in vars(model["routed"]) and model["hooked"].forward is hooked
+    assert model["hooked"].forward is hooked
+    with torch.no_grad(), torch.profiler.profile() as profile:  # after the block: plain F.linear again
+        torch.testing.assert_close(model["routed"](last_position), expected)
+    assert "mkldnn::_linear_pointwise" not in {event.name for event in profile.events()}
+
+
+def test_threads_generating_at_once_get_the_tokens_of_one_after_the_other(tiny_random):
+    """The CPU routing is shared by the layers of one model; two threads generating at once (one padded batch, one
+    prefilled clip by clip) must not disturb each other, round after round."""
+    model, processor = tiny_random
+    kwargs = {"max_new_tokens": 6, "eos_token_id": -1, "pad_token_id": 0}
+    jobs = [
+        (processor(audio=[noise(1.1, seed=3), noise(0.5, seed=4)]), {}),
+        (processor(audio=[noise(2.4, seed=5), noise(0.8, seed=6)]), {"clip_by_clip_min_width": 0}),
+    ]
+    expected = [model.generate(**batch, **kwargs, **extra) for batch, extra in jobs]
+    for _ in range(6):
+        start, results, errors = threading.Barrier(len(jobs)), [None] * len(jobs), []
+
+        def transcribe(index, start=start, results=results, errors=errors):
+            batch, extra = jobs[index]
+            try:
+                start.wait()
+                results[index] = model.generate(**batch, **kwargs, **extra)
+            except Exception as error:  # re-raised in the main thread below
+                errors.append(error)
+
+        threads = [threading.Thread(target=transcribe, args=(index,)) for index in range(len(jobs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        for result, tokens in zip(results, expected):
+            assert torch.equal(result, tokens)
 
 
 def test_new_tokens_are_capped_by_audio_duration(tiny_random):
@@ -307,6 +349,7 @@ def test_save_and_reload_holds_only_trained_weights_and_reproduces_outputs(tmp_p
     assert set(load_file(tmp_path / "model.safetensors")) == {
         name for name, _ in model.named_parameters() if name.startswith("projector.")
     }
+    assert {"modeling_asr.py", "cpu_inference_asr.py", "pipeline_asr.py"} <= {path.name for path in tmp_path.iterdir()}
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModelForSpeechSeq2Seq"] == "modeling_asr.ASRModel"
     assert config["custom_pipelines"]["automatic-speech-recognition"]["impl"] == "pipeline_asr.ASRPipeline"
@@ -314,6 +357,47 @@ def test_save_and_reload_holds_only_trained_weights_and_reproduces_outputs(tmp_p
     reloaded_processor = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
     assert AutoConfig.from_pretrained(tmp_path, trust_remote_code=True).model_type == "tiny_audio"
     torch.testing.assert_close(_outputs(reloaded, reloaded_processor), _outputs(model, processor))
+
+
+@pytest.mark.slow
+def test_a_saved_model_loads_without_the_pipelines_audio_packages(tmp_path, tiny_random):
+    """`AutoModel` needs the model's files only: soundfile and soxr are for the pipeline's audio decoding."""
+    tiny_random[0].save_pretrained(tmp_path / "model")
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules.update(soundfile=None, soxr=None)  # as if not installed: imports fail, find_spec says absent
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained("model", trust_remote_code=True)
+        assert type(model).__name__ == "ASRModel"
+        assert not any(name.split(".")[-1] == "pipeline_asr" for name in sys.modules)
+        print("OK")
+        """
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK")
+
+
+def test_loading_trained_weights_passes_loader_keywords_to_the_bases(tmp_path, tiny_random):
+    model, processor = tiny_random
+    model.save_pretrained(tmp_path)
+    eager = ASRModel.from_pretrained(tmp_path, attn_implementation="eager", device_map="cpu", local_files_only=True)
+    assert eager.language_model.config._attn_implementation == "eager"
+    assert eager.audio_encoder.config._attn_implementation == "eager"
+    assert model.language_model.config._attn_implementation == "sdpa"  # the default that it replaced
+    torch.testing.assert_close(_outputs(eager, processor), _outputs(model, processor))
+
+
+def test_loading_trained_weights_refuses_keywords_it_cannot_honour(tmp_path, tiny_random):
+    tiny_random[0].save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match=r"cannot honour \['output_loading_info'\]"):
+        ASRModel.from_pretrained(tmp_path, output_loading_info=True)
+    with pytest.raises(TypeError, match=r"random weights cannot take \['device_map'\]"):
+        ASRModel.from_pretrained(tmp_path, device_map="auto")  # random bases are built, not placed by accelerate
 
 
 def test_random_model_without_rebuildable_bases_saves_everything(tmp_path, tiny_random):
@@ -366,7 +450,9 @@ def test_trained_encoder_layers_keep_float32_weights_on_bfloat16_bases():
     model, processor = build("tiny-random", trained_encoder_layers=1)
     encoder, llm = copy.deepcopy(model.audio_encoder).bfloat16(), copy.deepcopy(model.language_model).bfloat16()
     mixed = ASRModel(model.config, audio_encoder=encoder, language_model=llm)
-    assert all(p.dtype == torch.float32 for module in mixed.trained_encoder_modules() for p in module.parameters())
+    assert all(
+        p.dtype == torch.float32 for module in mixed.audio_encoder.trained_modules() for p in module.parameters()
+    )
     assert mixed.audio_encoder.layers[0].fc1.weight.dtype == torch.bfloat16
     assert torch.isfinite(mixed(**processor(audio=[noise(1.2)], text=["one two"])).loss)
 
@@ -376,7 +462,7 @@ def test_cached_frozen_encoder_outputs_give_the_same_audio_embeddings():
     batch = processor(audio=[noise(0.8), noise(2.1, seed=1)])
     with torch.no_grad():
         direct, lengths = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
-        frozen = model.encode_audio_frozen(batch["input_features"], batch["input_features_mask"].sum(-1))
+        frozen = model.audio_encoder.forward_frozen(batch["input_features"], batch["input_features_mask"].sum(-1))
         cached, cached_lengths = model.get_audio_features(mm_encoder_outputs={"audio": frozen})
     assert torch.equal(lengths, cached_lengths)
     torch.testing.assert_close(direct, cached)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from processing_asr import load_audio
 from tiny_audio.data import length_grouped_batches
+from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parameters
 
 logger = logging.getLogger(__name__)
 BLANK = 0
@@ -58,8 +59,8 @@ class CTCWarmup:
         self.targets = [torch.tensor([to_class[token] for token in row]) for row in targets]
         embeddings = model.get_input_embeddings().weight[self.vocab].detach()
         self.head = EmbeddingCTCHead(embeddings).to(model.projector.conv1.weight.device)
-        self.audio_parameters = model.audio_parameters()
-        encoder = model.trained_encoder_parameters()
+        self.audio_parameters = audio_parameters(model)
+        encoder = trained_encoder_parameters(model)
         groups = [{"params": [*model.projector.parameters(), *self.head.parameters()], "lr": learning_rate}]
         groups += [{"params": encoder, "lr": learning_rate * encoder_lr_scale}] if encoder else []
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)

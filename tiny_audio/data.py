@@ -240,7 +240,8 @@ def build_encoder_cache(model, processor: ASRProcessor, dataset: Dataset, batch_
         indices = [int(i) for i in order[start : start + batch_size]]
         clips = [load_audio(dataset[i]["audio"]) for i in indices]
         batch = processor(audio=clips)
-        hidden, lengths = model.encode_audio_frozen(batch["input_features"], batch["input_features_mask"].sum(-1))
+        frames = batch["input_features_mask"].sum(-1)
+        hidden, lengths = model.audio_encoder.forward_frozen(batch["input_features"], frames)
         for row, index in enumerate(indices):
             cache[index] = {"hidden_states": hidden[row, : lengths[row]].half(), "num_samples": clips[row].size}
     return cache
