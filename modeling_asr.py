@@ -298,7 +298,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         """Whether a state-dict key belongs to what this project trains, not to a frozen base model."""
         encoder = self.audio_encoder
         trained_encoder = [f"audio_encoder.layers.{i}." for i in range(encoder.num_frozen_layers, len(encoder.layers))]
-        trained_encoder += ["audio_encoder.layer_norm."] if self.config.trained_encoder_layers else []
+        trained_encoder += ["audio_encoder.layer_norm."] if encoder.num_trained_layers else []
         return name.startswith(("projector.", *trained_encoder)) or "lora_" in name
 
     def load_trained_weights(self, state_dict: dict[str, torch.Tensor]) -> None:

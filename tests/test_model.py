@@ -319,6 +319,30 @@ def test_threads_generating_at_once_get_the_tokens_of_one_after_the_other(tiny_r
             assert torch.equal(result, tokens)
 
 
+@pytest.mark.skipif(not onednn_available(), reason="needs an x86 CPU with oneDNN (the routing is off elsewhere)")
+def test_onednn_routing_holds_only_in_the_thread_that_asked_for_it():
+    """A thread generating must not change how the shared layers compute for another thread."""
+    layer, input = nn.Linear(64, 96), torch.randn(2, 64)
+    entered, finished = threading.Event(), threading.Event()
+
+    def generating_thread():
+        with onednn_linear_layers(layer):
+            entered.set()
+            finished.wait(timeout=60)
+
+    holder = threading.Thread(target=generating_thread)
+    holder.start()
+    try:
+        assert entered.wait(timeout=60)
+        with torch.no_grad(), torch.profiler.profile() as profile:
+            layer(input)
+    finally:
+        finished.set()
+        holder.join()
+    ops = {event.name for event in profile.events()}
+    assert "aten::linear" in ops and "mkldnn::_linear_pointwise" not in ops
+
+
 def test_new_tokens_are_capped_by_audio_duration(tiny_random):
     model, processor = tiny_random
     batch = processor(audio=[noise(1.0)])
