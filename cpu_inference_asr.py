@@ -33,9 +33,9 @@ def onednn_linear_layers(model: nn.Module):
     MKL's sgemm, which is slow at the few rows of a decoding step (the results agree to float32 rounding).
 
     The first call gives each plain float32 CPU `nn.Linear` a `forward` that consults a thread-local switch, and
-    leaves it in place: swapping `forward` on shared layers for each call would race between threads generating at once. Layers
-    with a `forward` of their own (accelerate's hooks) are left alone. Other threads, and this one after the block,
-    compute with `F.linear` as before.
+    leaves it in place: swapping `forward` on shared layers for each call would race between threads generating at
+    once. Layers with a `forward` of their own (accelerate's hooks) are left alone. Other threads, and this one after
+    the block, compute with `F.linear` as before.
     """
     if not onednn_available():
         yield
@@ -50,6 +50,7 @@ def onednn_linear_layers(model: nn.Module):
 
 
 def _install_routing(model: nn.Module) -> None:
+    """Gives the eligible layers their routed `forward`, once; the lock keeps two first calls from interleaving."""
     with _install_lock:
         for module in model.modules():
             if (

@@ -432,8 +432,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         r"""
         input_features (`torch.FloatTensor` of shape `(batch, mels, frames)`): log-mel features, zero-padded.
         input_features_mask (`torch.LongTensor` of shape `(batch, frames)`): 1 on the real frames of each clip.
-        mm_encoder_outputs (`dict`): `{"audio": (hidden_states, lengths)}` of a cached `audio_encoder.forward_frozen` run,
-            instead of features.
+        mm_encoder_outputs (`dict`): `{"audio": (hidden_states, lengths)}` of a cached `audio_encoder.forward_frozen`
+            run, instead of features.
         labels (`torch.LongTensor`): target ids, -100 everywhere but the transcript and its end-of-turn token. The LM
             head then runs only on those positions.
         """
