@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 FORMAT_VERSION = 2
 
-# Share of the clips each engine speaks (renormalized over the installed ones).  The neural engines are slower
-# (Kokoro ~1 s of CPU per clip, piper ~0.2 s) and their output is cached, so they get a smaller share; see benchmarks/README.
+# Share of the clips each engine speaks (renormalized over the installed ones).  The neural engines cost far more
+# CPU per clip (Kokoro most), so they get small shares that keep `make corpus` within minutes (benchmarks/README).
 ENGINE_SHARES = {"espeak": 45, "flite": 25, "hibari": 20, "piper": 8, "kokoro": 2}
 AUGMENT_FRACTION = 0.6
 SPEED_RANGE = (0.85, 1.2)  # times each engine's normal rate
