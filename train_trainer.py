@@ -30,6 +30,7 @@ from tiny_audio.data import (
     ASRCollator,
     DecodedStream,
     SkipCounter,
+    add_non_speech,
     build_encoder_cache,
     open_mixture,
     scan,
@@ -176,6 +177,13 @@ class DataArguments:
     )
     max_bad_fraction: float = field(default=0.2, metadata={"help": "fail when more of the data than this is unusable"})
     spec_augment: bool = False
+    non_speech_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "add this many generated non-speech clips (noise, music, tones; empty transcript) per training "
+            "example, so the model learns to say nothing for them (finite training sets only)"
+        },
+    )
 
 
 class TimeBudget(TrainerCallback):
@@ -295,10 +303,15 @@ def load_split(
         streaming=streaming,
     )
     if streaming:
+        if data_args.non_speech_fraction and split == data_args.train_split_name:
+            raise ValueError("--non_speech_fraction needs a finite training set (no --streaming)")
         if world_size > 1:  # each rank reads its own shard of the stream
             dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         return dataset.take(max_samples) if max_samples else dataset, counter
-    return scan(dataset, counter, data_args.max_duration_in_seconds, max_samples), counter
+    dataset = scan(dataset, counter, data_args.max_duration_in_seconds, max_samples)
+    if split == data_args.train_split_name and data_args.non_speech_fraction:
+        dataset = add_non_speech(dataset, data_args.non_speech_fraction, seed)
+    return dataset, counter
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:

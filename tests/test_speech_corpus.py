@@ -1,7 +1,10 @@
-"""Tests for make_speech_corpus: espeak-ng synthesis, the fortune sentence source and corpus building."""
+"""Tests for speech_corpus: espeak-ng synthesis, the fortune sentence source and corpus building with several
+engines and augmentation."""
 
 import csv
 import json
+import logging
+import os
 import shutil
 import time
 
@@ -10,11 +13,13 @@ import pytest
 import soundfile as sf
 
 from tiny_audio import speech_corpus as msc
+from tiny_audio import tts
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="apt-get install espeak-ng")
 needs_fortunes = pytest.mark.skipif(not msc.FORTUNE_DIR.is_dir(), reason="apt-get install fortunes")
 
-TINY = {"num_train": 20, "num_validation": 5, "num_test": 5, "seed": 3, "workers": 2}
+ALL_ENGINES = ",".join(f"{name}:1" for name in tts.ENGINES)  # equal shares: every engine in every split
+TINY = {"num_train": 10, "num_validation": 5, "num_test": 10, "seed": 3, "workers": 2, "engines": ALL_ENGINES}
 
 
 def tiny_args(out, **overrides):
@@ -27,6 +32,18 @@ def read_metadata(split_dir):
     """Rows of a split's metadata.csv as dicts."""
     with (split_dir / "metadata.csv").open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_tts_cache(tmp_path_factory):
+    """Neural engines cache into a fresh folder (shared by this module's builds, as by a user's rebuilds)."""
+    previous = os.environ.get("TINY_AUDIO_TTS_CACHE")
+    os.environ["TINY_AUDIO_TTS_CACHE"] = str(tmp_path_factory.mktemp("tts_cache"))
+    yield
+    if previous is None:
+        del os.environ["TINY_AUDIO_TTS_CACHE"]
+    else:
+        os.environ["TINY_AUDIO_TTS_CACHE"] = previous
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +79,8 @@ def test_speed_and_voice_change_the_audio():
 
 @needs_espeak
 def test_every_voice_speaks_and_voices_differ():
-    msc.check_voices(msc.TRAIN_VOICES + msc.HELD_OUT_VOICES)
-    assert not set(msc.TRAIN_VOICES) & set(msc.HELD_OUT_VOICES)
-    assert len(msc.HELD_OUT_VOICES) >= 2
+    msc.check_voices(msc.Espeak.train_voices + msc.Espeak.held_out_voices)
+    assert len(msc.Espeak.held_out_voices) >= 2
 
 
 @needs_espeak
@@ -88,7 +104,7 @@ def fake_espeak(directory, script):
 def test_espeak_failure_names_the_sentence(monkeypatch, tmp_path):
     fake_espeak(tmp_path, "echo 'boom' >&2; exit 1")
     monkeypatch.setenv("PATH", str(tmp_path))
-    clip = msc.Clip("train", "000000.flac", "A doomed sentence.", "en-us", 160, 50)
+    clip = msc.Clip("train", "000000.flac", "A doomed sentence.", "espeak", "en-us")
     with pytest.raises(RuntimeError, match="A doomed sentence.*boom"):
         msc.render_clip(clip, tmp_path)
 
@@ -111,18 +127,9 @@ def test_missing_espeak_gives_install_hint(monkeypatch, tmp_path):
 
 
 def test_missing_espeak_via_which(monkeypatch):
-    monkeypatch.setattr(msc.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tts.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
         msc.espeak_binary()
-
-
-def test_add_noise_hits_the_snr():
-    rng = np.random.default_rng(0)
-    clean = (0.3 * np.sin(np.arange(32_000) / 5.0)).astype(np.float32)
-    noisy = msc.add_noise(clean, 10.0, rng)
-    noise = noisy - clean
-    snr = 10 * np.log10(np.mean(clean**2) / np.mean(noise**2))
-    assert noisy.dtype == np.float32 and abs(snr - 10.0) < 0.5
 
 
 # --------------------------------------------------------------------------- sentences
@@ -183,7 +190,7 @@ def test_attribution_and_all_caps_lines_are_dropped(tmp_path):
 @needs_fortunes
 def test_corpus_layout_and_metadata(corpus):
     manifest = json.loads((corpus / "corpus.json").read_text())
-    assert manifest["settings"]["counts"] == {"train": 20, "validation": 5, "test": 5}
+    assert manifest["settings"]["counts"] == {"train": 10, "validation": 5, "test": 10}
     for split, count in manifest["settings"]["counts"].items():
         rows = read_metadata(corpus / split)
         assert len(rows) == count
@@ -195,7 +202,10 @@ def test_corpus_layout_and_metadata(corpus):
             info = sf.info(corpus / split / row["file_name"])
             assert (info.samplerate, info.channels) == (16_000, 1)
             assert abs(info.duration - float(row["duration"])) < 1e-3
-            assert 130 <= int(row["speed"]) <= 200 and 30 <= int(row["pitch"]) <= 70
+            engine = tts.get_engine(row["engine"])
+            assert row["voice"] in engine.train_voices + engine.held_out_voices
+            assert msc.SPEED_RANGE[0] <= float(row["speed"]) <= msc.SPEED_RANGE[1]
+            assert abs(float(row["pitch"])) <= engine.pitch_range
             assert msc.is_clean(row["text"])
 
 
@@ -204,13 +214,54 @@ def test_corpus_layout_and_metadata(corpus):
 def test_test_split_is_unseen(corpus):
     rows = {split: read_metadata(corpus / split) for split in msc.SPLITS}
     texts = {split: {r["text"] for r in split_rows} for split, split_rows in rows.items()}
-    voices = {split: {r["voice"] for r in split_rows} for split, split_rows in rows.items()}
     assert not texts["test"] & (texts["train"] | texts["validation"])
     assert not texts["validation"] & texts["train"]
-    unseen_test_voices = voices["test"] - voices["train"]
-    assert len(unseen_test_voices) >= 2
-    assert unseen_test_voices <= set(msc.HELD_OUT_VOICES)
-    assert not (voices["train"] | voices["validation"]) & set(msc.HELD_OUT_VOICES)
+    engines = json.loads((corpus / "corpus.json").read_text())["settings"]["engines"]
+    assert "espeak" in engines and "flite" in engines
+    for name in engines:
+        held_out = set(tts.get_engine(name).held_out_voices)
+        speakers = {
+            split: {r["voice"] for r in split_rows if r["engine"] == name} for split, split_rows in rows.items()
+        }
+        assert speakers["train"] and speakers["test"] & held_out, name  # every engine keeps a voice for test
+        assert not (speakers["train"] | speakers["validation"]) & held_out, name
+
+
+@needs_espeak
+@needs_fortunes
+def test_engines_and_augmentations_are_recorded(corpus):
+    manifest = json.loads((corpus / "corpus.json").read_text())
+    rows = [row for split in msc.SPLITS for row in read_metadata(corpus / split)]
+    used = {row["engine"] for row in rows}
+    assert used == set(manifest["settings"]["engines"]) == set(manifest["clips_per_engine"])
+    assert sum(manifest["clips_per_engine"].values()) == len(rows)
+    augmented = [row["augmentation"] for row in rows if row["augmentation"]]
+    assert 0.3 * len(rows) < len(augmented) < 0.9 * len(rows) and manifest["augmented"] == len(augmented)
+    assert all(
+        key.split("=")[0] in ("speed", "pitch", "reverb", "noise", "telephone") for a in augmented for key in a.split()
+    )
+
+
+def test_engine_schedule_follows_the_shares_and_spreads_them():
+    schedule = msc.engine_schedule({"espeak": 45, "flite": 25, "hibari": 20, "piper": 8, "kokoro": 2}, 100)
+    assert [schedule.count(name) for name in ("espeak", "flite", "hibari", "piper", "kokoro")] == [45, 25, 20, 8, 2]
+    assert set(schedule[:15]) >= {"espeak", "flite", "hibari", "piper"}
+
+
+@needs_espeak
+@needs_fortunes
+def test_missing_engine_is_skipped_with_a_message(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(tts.Piper, "missing", lambda self: "pip install piper-tts==1.8.0")
+    with caplog.at_level(logging.WARNING):
+        manifest = msc.build_corpus(
+            tmp_path, num_train=3, num_validation=1, num_test=2, workers=1, engines={"espeak": 1, "piper": 1}
+        )
+    assert "TTS engine piper skipped: pip install piper-tts==1.8.0" in caplog.text
+    assert manifest["settings"]["engines"] == {"espeak": 1}
+    assert {row["engine"] for row in read_metadata(tmp_path / "train")} == {"espeak"}
+    monkeypatch.setattr(tts.Espeak, "missing", lambda self: "apt-get install espeak-ng")
+    with pytest.raises(RuntimeError, match="none of the TTS engines"):
+        msc.available_engines({"espeak": 1, "piper": 1})
 
 
 @needs_espeak
@@ -223,6 +274,7 @@ def test_same_seed_same_metadata(corpus, tmp_path):
         ).read_bytes()
     plan_a = msc.plan_corpus(msc.load_sentences(), {"train": 20, "validation": 5, "test": 5}, seed=3)
     plan_b = msc.plan_corpus(msc.load_sentences(), {"train": 20, "validation": 5, "test": 5}, seed=4)
+    assert plan_a == msc.plan_corpus(msc.load_sentences(), {"train": 20, "validation": 5, "test": 5}, seed=3)
     assert plan_a != plan_b
 
 
@@ -240,15 +292,17 @@ def test_second_run_is_cached(corpus):
 @needs_fortunes
 def test_incomplete_or_changed_corpus_is_rebuilt(tmp_path):
     out = tmp_path / "corpus"
-    msc.build_corpus(out, num_train=4, num_validation=1, num_test=2, workers=1)
+    only_espeak = {"workers": 1, "engines": {"espeak": 1}}
+    msc.build_corpus(out, num_train=4, num_validation=1, num_test=2, **only_espeak)
     (out / "corpus.json").unlink()  # as if interrupted before finishing
     (out / "train" / "stale.flac").write_bytes(b"")
-    msc.build_corpus(out, num_train=4, num_validation=1, num_test=2, workers=1)
+    msc.build_corpus(out, num_train=4, num_validation=1, num_test=2, **only_espeak)
     assert not (out / "train" / "stale.flac").exists()
     assert len(read_metadata(out / "train")) == 4
 
-    msc.build_corpus(out, num_train=3, num_validation=1, num_test=2, workers=1, noise_snr_db=20)
+    msc.build_corpus(out, num_train=3, num_validation=1, num_test=2, augment_fraction=1.0, **only_espeak)
     manifest = json.loads((out / "corpus.json").read_text())
-    assert manifest["settings"]["noise_snr_db"] == 20
+    assert manifest["settings"]["augment_fraction"] == 1.0
+    assert all(row["augmentation"] for row in read_metadata(out / "train"))
     assert len(read_metadata(out / "train")) == 3
     assert len(list((out / "train").glob("*.flac"))) == 3

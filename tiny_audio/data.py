@@ -1,5 +1,6 @@
 """Training data: datasets from the Hub or a local folder, decoding with per-reason skip counts, batching, collation."""
 
+import io
 import logging
 import random
 import zlib
@@ -8,12 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
-from datasets import Audio, Dataset, interleave_datasets, load_dataset
+from datasets import Audio, Dataset, concatenate_datasets, interleave_datasets, load_dataset
 from tqdm.auto import tqdm
 
 from configuration_asr import SAMPLING_RATE
 from processing_asr import ASRProcessor, InvalidAudioError, check_audio, load_audio
+from tiny_audio.augmentation import non_speech_examples
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +151,43 @@ def scan(dataset, counter: SkipCounter, max_seconds: float, max_samples: int | N
     if not kept:
         raise BadDataError(f"{counter.name}: no usable examples ({counter.summary()})")
     return Dataset.from_list(kept)
+
+
+def non_speech_folder(seed: int) -> Path:
+    """Where the non-speech clips of `seed` are written for datasets whose audio column holds file paths."""
+    return Path.home() / ".cache" / "tiny_audio" / "non_speech" / f"seed-{seed}"
+
+
+def add_non_speech(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """`dataset` (from `scan`) plus round(`fraction` * its size) generated non-speech rows with text "".
+
+    An empty transcript trains the model to answer noise, music and tones with the end-of-turn token alone.  The
+    new rows' audio takes the form of the dataset's own (file path, encoded bytes or samples) so the columns stay
+    one type; `build_encoder_cache` and both collator paths read them like any other row.
+    """
+    if not 0 <= fraction <= 10:
+        raise ValueError(f"--non_speech_fraction must be between 0 and 10, got {fraction}")
+    count = round(fraction * len(dataset))
+    if count == 0:
+        return dataset
+    like = dataset[0]["audio"]
+    rows = []
+    for index, row in enumerate(non_speech_examples(count, seed)):
+        samples = row["audio"]["array"]
+        if isinstance(like, str):
+            path = non_speech_folder(seed) / f"{index:06d}.flac"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, samples, SAMPLING_RATE, subtype="PCM_16")
+            audio = str(path)
+        elif isinstance(like, dict) and "bytes" in like:
+            buffer = io.BytesIO()
+            sf.write(buffer, samples, SAMPLING_RATE, format="FLAC", subtype="PCM_16")
+            audio = {"bytes": buffer.getvalue(), "path": f"non_speech_{index:06d}.flac"}
+        else:
+            audio = {"array": samples, "sampling_rate": SAMPLING_RATE}
+        rows.append({"audio": audio, "text": "", "length": samples.size / SAMPLING_RATE})
+    logger.info(f"added {count} non-speech clips (empty transcripts) to {len(dataset)} training examples")
+    return concatenate_datasets([dataset, Dataset.from_list(rows, features=dataset.features)])
 
 
 class DecodedStream(torch.utils.data.IterableDataset):

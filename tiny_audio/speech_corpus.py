@@ -1,16 +1,17 @@
-"""Build a small synthetic English speech corpus with espeak-ng.
+"""Build a small synthetic English speech corpus from several TTS engines, with acoustic augmentation.
 
-Sentences come from Debian's `fortunes` package and are spoken by several
-espeak-ng English voices at random speeds and pitches.  The result is an
-audiofolder dataset::
+Sentences come from Debian's `fortunes` package.  Each clip is spoken by one engine of `tiny_audio.tts`
+(espeak-ng and flite carry most clips; piper, hibari and Kokoro add neural voices) at a random speed, and
+AUGMENT_FRACTION of the clips then get a seeded `tiny_audio.augmentation` recipe (speed, pitch, noise,
+babble, music, reverberation, telephone band).  The result is an audiofolder dataset::
 
-    OUT/{train,validation,test}/metadata.csv   file_name,text,voice,speed,pitch,duration
+    OUT/{train,validation,test}/metadata.csv   file_name,text,engine,voice,speed,pitch,augmentation,duration
     OUT/{train,validation,test}/*.flac         16 kHz mono
-    OUT/corpus.json                            arguments and counts, written last
+    OUT/corpus.json                            arguments, engines used and counts, written last
 
-Test sentences never occur in train or validation, and the HELD_OUT_VOICES
-speak only in the test split.  Everything is drawn from one seeded RNG, and a
-rerun with the same arguments on a complete OUT does nothing.
+Test sentences never occur in train or validation, and every engine's held-out voices speak only in the test
+split.  Everything is drawn from one seeded RNG, and a rerun with the same arguments on a complete OUT does
+nothing.  An engine that is not installed is skipped with a logged message (espeak-ng is required).
 
     python -m tiny_audio.speech_corpus data/speech --num-train 6000 --workers 8
 """
@@ -19,91 +20,41 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 from tqdm import tqdm
 
-SAMPLE_RATE = 16_000
-INSTALL_HINT = "espeak-ng is not installed; install it with `apt-get install espeak-ng`"
-FORTUNE_DIR = Path("/usr/share/games/fortunes")
-FORMAT_VERSION = 1
+from tiny_audio.augmentation import Augmentation, augment, draw_augmentation
+from tiny_audio.tts import ENGINES, SAMPLE_RATE, Espeak, espeak_binary, get_engine, synthesize
 
-TRAIN_VOICES = (
-    "en-us",
-    "en-us+f3",
-    "en+m3",
-    "en+f4",
-    "en-gb-x-rp",
-    "en-gb-x-rp+f2",
-    "en-gb-scotland",
-    "en-gb-x-gbclan",
-    "en-029+m5",
-)
-HELD_OUT_VOICES = ("en-gb-x-gbcwmd", "en-us-nyc+f5", "en-029+f1")
-SPEED_RANGE = (130, 200)  # words per minute, inclusive
-PITCH_RANGE = (30, 70)  # espeak-ng pitch 0-99, inclusive
+logger = logging.getLogger(__name__)
+
+FORTUNE_DIR = Path("/usr/share/games/fortunes")
+FORMAT_VERSION = 2
+
+# Share of the clips each engine speaks (renormalized over the installed ones).  The neural engines cost far more
+# CPU per clip (Kokoro most), so they get small shares that keep `make corpus` within minutes (benchmarks/README).
+ENGINE_SHARES = {"espeak": 45, "flite": 25, "hibari": 20, "piper": 8, "kokoro": 2}
+AUGMENT_FRACTION = 0.6
+SPEED_RANGE = (0.85, 1.2)  # times each engine's normal rate
+BABBLE_VOICES = 3  # espeak-ng speakers behind a "babble" clip
 MIN_WORDS, MAX_WORDS = 4, 16
 SPLITS = ("train", "validation", "test")
-COLUMNS = ("file_name", "text", "voice", "speed", "pitch", "duration")
+COLUMNS = ("file_name", "text", "engine", "voice", "speed", "pitch", "augmentation", "duration")
 
 CLEAN_SENTENCE = re.compile(r"[A-Z0-9][A-Za-z0-9 ,;'!?.-]*[.!?]")
 ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "prof", "no", "mt", "i.e", "e.g"}
-
-
-# --------------------------------------------------------------------------- audio
-
-
-def espeak_binary() -> str:
-    """Path of the espeak-ng executable, or a clear error saying how to install it."""
-    path = shutil.which("espeak-ng")
-    if path is None:
-        raise RuntimeError(INSTALL_HINT)
-    return path
-
-
-def synthesize(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) -> np.ndarray:
-    """Speak `text` with espeak-ng; return float32 mono audio at 16 kHz."""
-    cmd = [espeak_binary(), "--stdout", "-v", voice, "-s", str(speed), "-p", str(pitch), text]
-    result = subprocess.run(cmd, capture_output=True, check=False)
-    if result.returncode != 0 or not result.stdout:
-        stderr = result.stderr.decode(errors="replace").strip()
-        raise RuntimeError(f"espeak-ng failed on {text!r} (voice {voice}): {stderr}")
-    audio, rate = sf.read(io.BytesIO(result.stdout), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        audio = soxr.resample(audio, rate, SAMPLE_RATE)
-    if not np.any(audio):
-        raise RuntimeError(f"espeak-ng produced silence for {text!r} (voice {voice})")
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-def pink_noise(num_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit-power pink (1/f) noise made by shaping white noise in the frequency domain."""
-    spectrum = np.fft.rfft(rng.standard_normal(num_samples))
-    freqs = np.arange(len(spectrum), dtype=np.float64)
-    freqs[0] = 1.0
-    noise = np.fft.irfft(spectrum / np.sqrt(freqs), n=num_samples)
-    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
-
-
-def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """Mix pink noise into `audio` at `snr_db` (relative to the speech power), clipped to [-1, 1]."""
-    speech = audio[np.abs(audio) > 1e-4]
-    power = float(np.mean(speech**2)) if speech.size else 0.0
-    noise = pink_noise(len(audio), rng) * np.sqrt(power / 10 ** (snr_db / 10))
-    return np.clip(audio + noise, -1.0, 1.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- sentences
@@ -176,35 +127,66 @@ def vocabulary(sentences: list[str]) -> set[str]:
 
 @dataclass(frozen=True)
 class Clip:
-    """One utterance to render: where it goes, what is said and how."""
+    """One utterance to render: where it goes, what is said, by which engine and voice, and what happens to it."""
 
     split: str
     file_name: str
     text: str
+    engine: str
     voice: str
-    speed: int
-    pitch: int
-    noise_snr_db: float | None = None
-    noise_seed: int = 0
+    speed: float = 1.0
+    pitch: float = 0.0
+    seed: int = 0
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    babble: tuple[tuple[str, str], ...] = ()  # (espeak voice, sentence) pairs mixed in as babble noise
 
 
-def split_voices(split: str) -> tuple[str, ...]:
-    """Voices used in `split`: test puts the held-out voices first, then the training ones."""
-    return HELD_OUT_VOICES + TRAIN_VOICES if split == "test" else TRAIN_VOICES
+def available_engines(shares: dict[str, float]) -> dict[str, float]:
+    """`shares` without the engines that are not installed (each skipped with a logged reason)."""
+    usable = {}
+    for name, share in shares.items():
+        reason = get_engine(name).missing()
+        if reason:
+            logger.warning(f"TTS engine {name} skipped: {reason}")
+        elif share > 0:
+            usable[name] = share
+    if not usable:
+        raise RuntimeError(f"none of the TTS engines {list(shares)} is installed")
+    return usable
+
+
+def engine_schedule(shares: dict[str, float], count: int) -> list[str]:
+    """`count` engine names in proportion to `shares`, spread out (smooth weighted round robin)."""
+    total, credit, schedule = sum(shares.values()), dict.fromkeys(shares, 0.0), []
+    for _ in range(count):
+        for name in credit:
+            credit[name] += shares[name]
+        chosen = max(credit, key=credit.get)
+        credit[chosen] -= total
+        schedule.append(chosen)
+    return schedule
+
+
+def split_voices(engine: str, split: str) -> tuple[str, ...]:
+    """An engine's voices in `split`: test puts its held-out voices first, then the training ones."""
+    tts = get_engine(engine)
+    return tts.held_out_voices + tts.train_voices if split == "test" else tts.train_voices
 
 
 def plan_corpus(
     sentences: list[str],
     counts: dict[str, int],
     seed: int,
-    noise_snr_db: float | None = None,
+    shares: dict[str, float] | None = None,
+    augment_fraction: float = AUGMENT_FRACTION,
 ) -> dict[str, list[Clip]]:
-    """Assign sentences, voices, speeds and pitches to every clip, reproducibly from `seed`.
+    """Assign sentences, engines, voices, speeds, pitches and augmentations to every clip, reproducibly.
 
-    Test and validation sentences are distinct and unused elsewhere; train cycles
-    through the remaining sentences (repeats get other voices and prosody).
-    Voices go round-robin so even tiny splits cover them.
+    Test and validation sentences are distinct and unused elsewhere; train cycles through the remaining
+    sentences (repeats get other voices and prosody).  Engines follow `shares` in a spread-out order and each
+    engine's voices go round-robin, so even small splits cover them.
     """
+    shares = shares or ENGINE_SHARES
     rng = np.random.default_rng(seed)
     order = [sentences[i] for i in rng.permutation(len(sentences))]
     n_test, n_val = counts["test"], counts["validation"]
@@ -215,22 +197,37 @@ def plan_corpus(
     }
     if len(pool["test"]) < n_test or len(pool["validation"]) < n_val or (counts["train"] and not pool["train"]):
         raise ValueError(f"only {len(sentences)} sentences: too few for {counts}")
+    babble_pool = pool["train"] or order
     plan = {}
     for split in SPLITS:
-        voices = split_voices(split)
-        plan[split] = [
-            Clip(
-                split=split,
-                file_name=f"{i:06d}.flac",
-                text=pool[split][i % len(pool[split])],
-                voice=voices[i % len(voices)],
-                speed=int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
-                pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
-                noise_snr_db=noise_snr_db,
-                noise_seed=int(rng.integers(2**31)),
+        turns = dict.fromkeys(shares, 0)
+        plan[split] = []
+        for i, engine in enumerate(engine_schedule(shares, counts[split])):
+            voices = split_voices(engine, split)
+            voice = voices[turns[engine] % len(voices)]
+            turns[engine] += 1
+            pitch_range = get_engine(engine).pitch_range
+            recipe = draw_augmentation(rng, augment_fraction)
+            babble = ()
+            if recipe.noise == "babble":
+                babble = tuple(
+                    (str(rng.choice(Espeak.train_voices)), babble_pool[int(rng.integers(len(babble_pool)))])
+                    for _ in range(BABBLE_VOICES)
+                )
+            plan[split].append(
+                Clip(
+                    split=split,
+                    file_name=f"{i:06d}.flac",
+                    text=pool[split][i % len(pool[split])],
+                    engine=engine,
+                    voice=voice,
+                    speed=round(float(rng.uniform(*SPEED_RANGE)), 2),
+                    pitch=round(float(rng.uniform(-pitch_range, pitch_range)), 1) if pitch_range else 0.0,
+                    seed=int(rng.integers(2**31)),
+                    augmentation=recipe,
+                    babble=babble,
+                )
             )
-            for i in range(counts[split])
-        ]
     return plan
 
 
@@ -238,10 +235,11 @@ def plan_corpus(
 
 
 def render_clip(clip: Clip, out: Path) -> float:
-    """Synthesize `clip` into OUT/<split>/<file_name>; return its duration in seconds."""
-    audio = synthesize(clip.text, clip.voice, clip.speed, clip.pitch)
-    if clip.noise_snr_db is not None:
-        audio = add_noise(audio, clip.noise_snr_db, np.random.default_rng(clip.noise_seed))
+    """Synthesize and augment `clip` into OUT/<split>/<file_name>; return its duration in seconds."""
+    audio = get_engine(clip.engine).speak(clip.text, clip.voice, clip.speed, clip.pitch, clip.seed)
+    if clip.augmentation != Augmentation():
+        babble = [synthesize(text, voice) for voice, text in clip.babble]
+        audio = augment(audio, clip.augmentation, babble)
     sf.write(out / clip.split / clip.file_name, audio, SAMPLE_RATE, subtype="PCM_16")
     return len(audio) / SAMPLE_RATE
 
@@ -283,7 +281,18 @@ def write_metadata(path: Path, clips: list[Clip], durations: list[float]) -> Non
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for clip, duration in zip(clips, durations):
-            writer.writerow([clip.file_name, clip.text, clip.voice, clip.speed, clip.pitch, f"{duration:.3f}"])
+            writer.writerow(
+                [
+                    clip.file_name,
+                    clip.text,
+                    clip.engine,
+                    clip.voice,
+                    f"{clip.speed:.2f}",
+                    f"{clip.pitch:.1f}",
+                    clip.augmentation.describe(),
+                    f"{duration:.3f}",
+                ]
+            )
 
 
 def read_manifest(out: Path) -> dict | None:
@@ -304,29 +313,38 @@ def is_complete(out: Path, settings: dict) -> bool:
 
 def build_corpus(
     out: str | Path,
-    num_train: int = 6000,
+    num_train: int = 3000,
     num_validation: int = 200,
     num_test: int = 200,
     seed: int = 0,
-    noise_snr_db: float | None = None,
+    engines: dict[str, float] | None = None,
+    augment_fraction: float = AUGMENT_FRACTION,
     workers: int | None = None,
 ) -> dict:
     """Build (or reuse, if already complete with the same settings) the corpus in `out`.
 
-    Returns the manifest that is stored in OUT/corpus.json.
+    `engines` maps engine names to their share of the clips (default ENGINE_SHARES); engines that are not
+    installed are left out, and the settings record the ones used.  Returns the manifest of OUT/corpus.json.
     """
     out = Path(out)
+    espeak_binary()
+    shares = available_engines(engines or ENGINE_SHARES)
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
-    settings = {"format_version": FORMAT_VERSION, "counts": counts, "seed": seed, "noise_snr_db": noise_snr_db}
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "counts": counts,
+        "seed": seed,
+        "engines": shares,
+        "augment_fraction": augment_fraction,
+    }
     if is_complete(out, settings):
         print(f"{out}: complete corpus with these settings already there, nothing to do")
         return read_manifest(out)
 
-    espeak_binary()
-    check_voices(TRAIN_VOICES + HELD_OUT_VOICES)
+    check_voices(Espeak.train_voices + Espeak.held_out_voices)
     sentences = load_sentences()
     print(f"{len(sentences)} distinct sentences, vocabulary of {len(vocabulary(sentences))} words")
-    plan = plan_corpus(sentences, counts, seed, noise_snr_db)
+    plan = plan_corpus(sentences, counts, seed, shares, augment_fraction)
 
     (out / "corpus.json").unlink(missing_ok=True)
     for split in SPLITS:
@@ -336,7 +354,7 @@ def build_corpus(
     clips = [clip for split in SPLITS for clip in plan[split]]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        results = pool.map(render_clip, clips, [out] * len(clips), chunksize=16)
+        results = pool.map(render_clip, clips, [out] * len(clips), chunksize=8)
         durations = list(tqdm(results, total=len(clips), desc="synthesizing", unit="clip"))
     elapsed = time.perf_counter() - start
     print(f"{len(clips)} clips in {elapsed:.1f} s ({60 * len(clips) / max(elapsed, 1e-9):.0f} clips/minute)")
@@ -349,24 +367,45 @@ def build_corpus(
     manifest = {
         "settings": settings,
         "sample_rate": SAMPLE_RATE,
-        "train_voices": list(TRAIN_VOICES),
-        "held_out_voices": list(HELD_OUT_VOICES),
+        "voices": {
+            name: {"train": list(ENGINES[name].train_voices), "held_out": list(ENGINES[name].held_out_voices)}
+            for name in shares
+        },
+        "clips_per_engine": {name: sum(c.engine == name for c in clips) for name in shares},
+        "augmented": sum(c.augmentation != Augmentation() for c in clips),
         "num_sentences": len(sentences),
+        "build_seconds": round(elapsed, 1),
         "hours": {split: round(sum(d) / 3600, 3) for split, d in split_durations.items()},
     }
     (out / "corpus.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
+def parse_shares(text: str) -> dict[str, float]:
+    """`espeak:40,flite:25` -> {"espeak": 40.0, "flite": 25.0}."""
+    shares = {}
+    for item in text.split(","):
+        name, _, share = item.partition(":")
+        try:
+            shares[name.strip()] = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--engines wants NAME:SHARE pairs, got {item!r}") from None
+        get_engine(name.strip())
+    return shares
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--num-train", type=int, default=6000)
+    parser.add_argument("--num-train", type=int, default=3000)
     parser.add_argument("--num-validation", type=int, default=200)
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise-snr-db", type=float, default=None, help="add pink noise at this SNR")
+    default_shares = ",".join(f"{name}:{share}" for name, share in ENGINE_SHARES.items())
+    parser.add_argument("--engines", type=parse_shares, default=None, help=f"NAME:SHARE,... (default {default_shares})")
+    parser.add_argument("--augment-fraction", type=float, default=AUGMENT_FRACTION, help="share of augmented clips")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes")
     args = parser.parse_args(argv)
     build_corpus(
@@ -375,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
         num_validation=args.num_validation,
         num_test=args.num_test,
         seed=args.seed,
-        noise_snr_db=args.noise_snr_db,
+        engines=args.engines,
+        augment_fraction=args.augment_fraction,
         workers=args.workers,
     )
 
