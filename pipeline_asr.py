@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.pipelines.base import ChunkPipeline
 
 try:
@@ -16,6 +18,12 @@ except ImportError:
 
 FILE_BLOCK_SECONDS = 10
 QUIET_FRAME = 400  # 25 ms frames when looking for a quiet point to split at
+# Loop guard defaults (a model config may override them with attributes of the same name in lower case): an n-gram of
+# up to LOOP_MAX_PERIOD tokens counts as a loop once it repeats LOOP_MIN_REPEATS times in a row and the copies span at
+# least LOOP_MIN_TOKENS tokens, so "very very" or "no no no" stay, and "the best of the best of the best" stops.
+LOOP_MAX_PERIOD = 12
+LOOP_MIN_REPEATS = 3
+LOOP_MIN_TOKENS = 8
 
 
 def file_blocks(path: str | Path):
@@ -73,6 +81,63 @@ def approximate_seconds(inputs, sampling_rate: int | None = None) -> float:
     return max(shape, default=0) / (sampling_rate or SAMPLING_RATE) if shape is not None else 0.0
 
 
+class LoopGuard(StoppingCriteria):
+    """Ends a row as soon as its new tokens end in a loop, the same n-gram repeated back to back, and `trim` keeps one
+    copy of it. A confused model otherwise repeats a phrase until the duration cap ("the best of the best of ...").
+
+    An n-gram of `period` tokens (1 to `max_period`) is a loop once it repeats `repeats(period)` times: at least
+    `min_repeats`, and enough copies to span `min_tokens` tokens, so short legitimate repeats ("no no no") survive.
+    Each row is judged on its own tokens only, so batching changes nothing.
+    """
+
+    def __init__(
+        self,
+        prompt_length: int,
+        max_period: int = LOOP_MAX_PERIOD,
+        min_repeats: int = LOOP_MIN_REPEATS,
+        min_tokens: int = LOOP_MIN_TOKENS,
+    ):
+        if max_period < 1 or min_repeats < 2:
+            raise ValueError(f"loop guard needs max_period >= 1 and min_repeats >= 2, got {max_period}, {min_repeats}")
+        self.prompt_length = prompt_length
+        self.max_period, self.min_repeats, self.min_tokens = max_period, min_repeats, min_tokens
+
+    @classmethod
+    def from_config(cls, prompt_length: int, config) -> "LoopGuard":
+        """The guard with `config.loop_max_period` / `loop_min_repeats` / `loop_min_tokens` where a config sets them."""
+        return cls(
+            prompt_length,
+            getattr(config, "loop_max_period", LOOP_MAX_PERIOD),
+            getattr(config, "loop_min_repeats", LOOP_MIN_REPEATS),
+            getattr(config, "loop_min_tokens", LOOP_MIN_TOKENS),
+        )
+
+    def repeats(self, period: int) -> int:
+        """Copies of a `period`-token n-gram that make a loop."""
+        return max(self.min_repeats, -(-self.min_tokens // period))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        new_tokens = input_ids[:, self.prompt_length :]
+        looping = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for period in range(1, self.max_period + 1):
+            span = period * self.repeats(period)
+            if new_tokens.shape[1] >= span:
+                tail = new_tokens[:, -span:]
+                looping |= (tail[:, period:] == tail[:, :-period]).all(dim=1)
+        return looping
+
+    def trim(self, tokens: list[int]) -> list[int]:
+        """`tokens` with a loop at their end (and any partial copy after it) cut back to its first copy."""
+        cut = len(tokens)
+        for period in range(1, self.max_period + 1):
+            run = 0  # trailing tokens equal to the token `period` places before them
+            while run < len(tokens) - period and tokens[-1 - run] == tokens[-1 - run - period]:
+                run += 1
+            if run + period >= period * self.repeats(period):
+                cut = min(cut, len(tokens) - run)
+        return tokens[:cut]
+
+
 class ASRPipeline(ChunkPipeline):
     """Transcribes audio of any length with an `ASRModel`.
 
@@ -81,6 +146,7 @@ class ASRPipeline(ChunkPipeline):
     than `chunk_length_s` (30 s) is split at quiet points and transcribed whole; `return_timestamps=True` adds the
     start and end of each piece. Clips of a batch (`batch_size`) are decoded together; a list of inputs is run
     longest first, so each batch holds clips of similar length (little padding), and results keep the input order.
+    A `LoopGuard` stops and trims repeated phrases; `loop_guard=False` turns it off.
     """
 
     _load_processor = True
@@ -111,6 +177,7 @@ class ASRPipeline(ChunkPipeline):
         sampling_rate=None,
         max_new_tokens=None,
         streamer=None,
+        loop_guard=None,
         **kwargs,
     ):
         preprocess = {k: v for k, v in {"chunk_length_s": chunk_length_s, "sampling_rate": sampling_rate}.items() if v}
@@ -119,6 +186,8 @@ class ASRPipeline(ChunkPipeline):
             forward["max_new_tokens"] = max_new_tokens
         if streamer is not None:
             forward["streamer"] = streamer
+        if loop_guard is not None:
+            forward["loop_guard"] = loop_guard
         postprocess = {"return_timestamps": return_timestamps} if return_timestamps is not None else {}
         return preprocess, forward, postprocess
 
@@ -152,22 +221,26 @@ class ASRPipeline(ChunkPipeline):
             "end": (offset + chunk.size) / SAMPLING_RATE,
         }
 
-    def _forward(self, model_inputs, **generate_kwargs):
+    def _forward(self, model_inputs, loop_guard: bool = True, **generate_kwargs):
         batched = isinstance(model_inputs["start"], list)
         items = model_inputs if batched else {key: [value] for key, value in model_inputs.items()}
         texts = [""] * len(items["audio"])
         audible = [index for index, silent in enumerate(items["silent"]) if not silent]
         if audible:
             inputs = self.processor(audio=[items["audio"][index] for index in audible]).to(self.device)
-            generated = self.model.generate(
-                **inputs,
-                eos_token_id=self.processor.end_of_turn_token_id,
-                pad_token_id=self.processor.tokenizer.pad_token_id,
-                **generate_kwargs,
-            )
-            decoded = self.processor.batch_decode(
-                generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-            )
+            prompt_length = inputs["input_ids"].shape[1]
+            guard = LoopGuard.from_config(prompt_length, self.model.config) if loop_guard else None
+            if guard is not None:
+                generate_kwargs["stopping_criteria"] = StoppingCriteriaList(
+                    [*generate_kwargs.get("stopping_criteria", []), guard]
+                )
+            end_of_turn, pad = self.processor.end_of_turn_token_id, self.processor.tokenizer.pad_token_id
+            generated = self.model.generate(**inputs, eos_token_id=end_of_turn, pad_token_id=pad, **generate_kwargs)
+            rows = []
+            for row in generated[:, prompt_length:].tolist():
+                row = row[: next((i for i, token in enumerate(row) if token in (end_of_turn, pad)), len(row))]
+                rows.append(guard.trim(row) if guard is not None else row)
+            decoded = self.processor.batch_decode(rows, skip_special_tokens=True)
             for index, text in zip(audible, decoded):
                 texts[index] = text.strip()
         outputs = {"text": texts, "start": items["start"], "end": items["end"], "is_last": items["is_last"]}
@@ -181,4 +254,4 @@ class ASRPipeline(ChunkPipeline):
         return result
 
 
-__all__ = ["ASRPipeline", "approximate_seconds", "file_blocks", "split_at_quiet_points"]
+__all__ = ["ASRPipeline", "LoopGuard", "approximate_seconds", "file_blocks", "split_at_quiet_points"]

@@ -2,7 +2,10 @@
 
     python -m tiny_audio.demo --corpus outputs/speech_corpus --output_dir outputs/demo [--train_minutes 8] [--ctc_steps 600]
 
-Runs on 2 CPU cores in about 15 minutes with the defaults. Any other flag is passed to train_trainer.py.
+Runs on 2 CPU cores in about 15 minutes with the defaults. Any other flag is passed to train_trainer.py. After training
+it scores the synthetic test split, real recordings (`--real_speech`, a folder with `manifest.jsonl`; by default
+`../shared/speech` beside the repository when it exists) and the non-speech set, and writes all three to
+`demo_results.json` in the model folder.
 """
 
 import argparse
@@ -13,8 +16,23 @@ from pathlib import Path
 from transformers import pipeline
 
 import train_trainer
+from pipeline_asr import ASRPipeline
 from tiny_audio.data import SkipCounter, open_dataset, scan
-from tiny_audio.evaluation import evaluate_model, word_error_rate
+from tiny_audio.evaluation import non_speech_clips, read_manifest, score, score_non_speech, word_error_rate
+
+REAL_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
+
+
+def score_demo_model(asr, test, real_speech: Path | None) -> dict:
+    """WER and RTFx on the synthetic `test` examples and on the recordings of `real_speech` (left out when it holds no
+    manifest.jsonl), and what `asr` makes up on the non-speech set."""
+    result = score(asr, test)
+    summary = {"test_wer": result["wer"], "test_samples": result["samples"], "test_rtfx": result["rtfx"]}
+    if real_speech is not None and (real_speech / "manifest.jsonl").is_file():
+        real = score(asr, read_manifest(real_speech))
+        summary.update(real_speech_wer=real["wer"], real_speech_samples=real["samples"], real_speech_rtfx=real["rtfx"])
+    non_speech = score_non_speech(asr, non_speech_clips())
+    return summary | {key: value for key, value in non_speech.items() if key != "non_speech_hypotheses"}
 
 
 def main(argv=None) -> dict:
@@ -28,6 +46,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--train_minutes", type=float, default=8.0, help="time budget of the LLM stage")
     parser.add_argument("--max_steps", type=int, default=1000)
     parser.add_argument("--test_samples", type=int, default=200)
+    parser.add_argument(
+        "--real_speech", default=str(REAL_SPEECH), help="folder of real recordings with manifest.jsonl ('' to skip)"
+    )
     args, train_flags = parser.parse_known_args(argv)
 
     start = time.monotonic()
@@ -62,25 +83,33 @@ def main(argv=None) -> dict:
             args.test_samples,
         )
     )
-    result = evaluate_model(asr.model, asr.processor, test)
+    real_speech = Path(args.real_speech) if args.real_speech else None
+    summary = score_demo_model(ASRPipeline(model=asr.model, processor=asr.processor), test, real_speech)
     clip = test[0]
     hypothesis = asr(clip["audio"])["text"]
-    summary = {
-        "test_wer": result["wer"],
-        "test_samples": result["samples"],
-        "test_rtfx": result["rtfx"],
-        "minutes_total": (time.monotonic() - start) / 60,
-        "minutes_training": train_minutes,
-    }
+    summary.update(minutes_total=(time.monotonic() - start) / 60, minutes_training=train_minutes)
     Path(args.output_dir, "demo_results.json").write_text(json.dumps(summary, indent=2))
     print(f"\nHeld-out clip ({Path(clip['audio']).name}, a voice and sentence never seen in training):")
     print(f"  reference : {clip['text']}")
     print(f"  hypothesis: {hypothesis}")
     print(f"  WER       : {word_error_rate([clip['text']], [hypothesis]):.1%}")
     print(
-        f"\nTest split WER over {result['samples']} clips: {result['wer']:.1%} "
-        f"(RTFx {result['rtfx']:.1f}); {summary['minutes_total']:.1f} minutes in all. Model: {args.output_dir}"
+        f"\nSynthetic test split WER over {summary['test_samples']} clips: {summary['test_wer']:.1%} "
+        f"(RTFx {summary['test_rtfx']:.1f})"
     )
+    if "real_speech_wer" in summary:
+        print(
+            f"Real speech WER over {summary['real_speech_samples']} recordings in {real_speech}: "
+            f"{summary['real_speech_wer']:.1%} (RTFx {summary['real_speech_rtfx']:.1f})"
+        )
+    else:
+        print(f"Real speech: skipped, no manifest.jsonl in {real_speech or '(--real_speech not given)'}")
+    print(
+        f"Non-speech ({summary['non_speech_clips']} clips of noise, tones and music): "
+        f"{summary['words_per_non_speech_clip']:.1f} made-up words per clip, "
+        f"{summary['non_speech_clips_with_text']:.0%} of clips got any text"
+    )
+    print(f"{summary['minutes_total']:.1f} minutes in all. Model: {args.output_dir}")
     return summary
 
 

@@ -1,11 +1,19 @@
-"""Word error rate and real-time factor of a model on a dataset, through the same pipeline users call.
+"""Word error rate, real-time factor and non-speech hallucination of a model, through the same pipeline users call.
 
-python -m tiny_audio.evaluation --model outputs/demo --dataset_name outputs/speech_corpus --split test --max_samples 200
+    python -m tiny_audio.evaluation --model outputs/demo --dataset_name outputs/speech_corpus --split test
+    python -m tiny_audio.evaluation --model outputs/demo --manifest ../shared/speech
+    python -m tiny_audio.evaluation --whisper --model openai/whisper-tiny.en --manifest ../shared/speech
+
+A manifest folder holds `manifest.jsonl`, one JSON object per line with `file` (relative to the folder) and `text`;
+its clips may have any format, rate and length (longer than 30 s: the pipeline splits them). Every run also
+transcribes a fixed non-speech set (noise, tones, and music loops when Debian's `sonic-pi-samples` is installed) and
+reports how many words the model makes up there. The last line printed is the JSON summary.
 """
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import jiwer
 import numpy as np
@@ -19,6 +27,8 @@ from processing_asr import load_audio
 from tiny_audio.data import SkipCounter, open_dataset, scan
 
 normalize = EnglishTextNormalizer({})
+NON_SPEECH_SECONDS = 6.0
+SONIC_PI_SAMPLES = Path("/usr/share/sonic-pi/samples")  # Debian package sonic-pi-samples
 
 
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
@@ -30,40 +40,132 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
 
 
-def evaluate_model(model, processor, examples, batch_size: int = 8) -> dict:
-    """Transcribes `examples` (dicts with `audio` and `text`) in duration-sorted batches; WER, RTFx and samples."""
-    asr = ASRPipeline(model=model, processor=processor)
+def read_manifest(folder: str | Path) -> list[dict]:
+    """The examples (`audio`: file path, `text`) listed in `folder/manifest.jsonl`; other fields are ignored."""
+    manifest = Path(folder) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{folder}: no manifest.jsonl (one JSON object with 'file' and 'text' per line)")
+    examples = []
+    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{manifest}:{number}: not a JSON object ({error})") from error
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) for key in ("file", "text")):
+            raise ValueError(f"{manifest}:{number}: needs string fields 'file' and 'text', got {line[:200]!r}")
+        path = Path(folder) / entry["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{manifest}:{number}: no such audio file {path}")
+        examples.append({"audio": str(path), "text": entry["text"]})
+    if not examples:
+        raise ValueError(f"{manifest}: no entries")
+    return examples
+
+
+def score(asr, examples, batch_size: int = 8, **call_kwargs) -> dict:
+    """WER, RTFx and samples of `asr` (an ASR pipeline: ours or transformers' Whisper one) on `examples`, dicts with
+    `audio` (anything `load_audio` reads) and `text`; the pipeline batches clips of similar length."""
     clips = [load_audio(example["audio"]) for example in examples]
-    order = np.argsort([clip.size for clip in clips])
     start = time.perf_counter()
-    outputs = asr([clips[i] for i in order], batch_size=batch_size)
+    outputs = asr(clips, batch_size=batch_size, **call_kwargs)
     wall_seconds = time.perf_counter() - start
-    hypotheses = [""] * len(clips)
-    for position, output in zip(order, outputs):
-        hypotheses[position] = output["text"]
-    audio_seconds = sum(clip.size for clip in clips) / SAMPLING_RATE
+    hypotheses = [output["text"].strip() for output in outputs]
     return {
         "wer": word_error_rate([example["text"] for example in examples], hypotheses),
-        "rtfx": audio_seconds / wall_seconds,
+        "rtfx": sum(clip.size for clip in clips) / SAMPLING_RATE / wall_seconds,
         "samples": len(clips),
         "hypotheses": hypotheses,
     }
 
 
+def evaluate_model(model, processor, examples, batch_size: int = 8, **call_kwargs) -> dict:
+    """`score` of an `ASRModel` through this repository's `ASRPipeline`."""
+    return score(ASRPipeline(model=model, processor=processor), examples, batch_size, **call_kwargs)
+
+
+class WhisperTranscriber:
+    """A plain Whisper checkpoint with its own decoder (the baseline our encoder comes from), called like an ASR
+    pipeline on 16 kHz clips. A batch with a clip longer than 30 s goes through Whisper's sequential long-form
+    decoding; transformers' pipeline cannot batch such clips, and its 30 s chunking dropped whole sentences."""
+
+    def __init__(self, model_id: str):
+        self.processor = from_pretrained_or_mirror(WhisperProcessor, model_id)
+        self.model = from_pretrained_or_mirror(WhisperForConditionalGeneration, model_id).eval()
+
+    @torch.no_grad()
+    def __call__(self, clips: list[np.ndarray], batch_size: int = 16) -> list[dict]:
+        texts = []
+        for start in range(0, len(clips), batch_size):
+            batch = clips[start : start + batch_size]
+            long_form = max(clip.size for clip in batch) > self.processor.feature_extractor.n_samples
+            options = {"truncation": False, "padding": "longest"} if long_form else {}
+            inputs = self.processor(
+                batch, sampling_rate=SAMPLING_RATE, return_tensors="pt", return_attention_mask=True, **options
+            )
+            generated = self.model.generate(**inputs, return_timestamps=long_form)
+            texts += self.processor.batch_decode(generated, skip_special_tokens=True)
+        return [{"text": text} for text in texts]
+
+
 def evaluate_whisper(model_id: str, examples, batch_size: int = 16) -> dict:
-    """The same scoring for a plain Whisper checkpoint with its own decoder (the baseline our encoder comes from)."""
-    processor = from_pretrained_or_mirror(WhisperProcessor, model_id)
-    model = from_pretrained_or_mirror(WhisperForConditionalGeneration, model_id).eval()
-    hypotheses = []
-    for start in range(0, len(examples), batch_size):
-        clips = [load_audio(example["audio"]) for example in examples[start : start + batch_size]]
-        features = processor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
-        with torch.no_grad():
-            hypotheses += processor.batch_decode(model.generate(features), skip_special_tokens=True)
+    """`score` of a plain Whisper checkpoint."""
+    return score(WhisperTranscriber(model_id), examples, batch_size)
+
+
+def coloured_noise(rng: np.random.Generator, size: int, exponent: float, rms: float) -> np.ndarray:
+    """Noise whose amplitude spectrum falls as 1 / f**exponent (0: white, 1: brown), scaled to `rms`."""
+    spectrum = np.fft.rfft(rng.standard_normal(size))
+    frequencies = np.fft.rfftfreq(size)
+    spectrum[1:] /= frequencies[1:] ** exponent
+    spectrum[0] = 0
+    samples = np.fft.irfft(spectrum, size)
+    return samples * rms / np.sqrt(np.mean(samples**2))
+
+
+def synthetic_non_speech_clips(seed: int = 0, seconds: float = NON_SPEECH_SECONDS) -> dict[str, np.ndarray]:
+    """Named, seeded noise and tone clips with no speech in them: the part of the non-speech set that needs no files."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLING_RATE)) / SAMPLING_RATE
+
+    def tone(*frequencies: float) -> np.ndarray:
+        return 0.3 * sum(np.sin(2 * np.pi * f * t) for f in frequencies) / len(frequencies)
+
+    clips = {
+        "white_noise": coloured_noise(rng, t.size, 0.0, 0.1),
+        "quiet_white_noise": coloured_noise(rng, t.size, 0.0, 0.003),
+        "brown_noise": coloured_noise(rng, t.size, 1.0, 0.1),
+        "tone_440hz": tone(440.0),
+        "hum_100hz_harmonics": tone(100.0, 200.0, 300.0, 400.0),
+        "beeping_1khz": tone(1000.0) * ((t % 1.0) < 0.2),
+        "chord_c_major": tone(261.63, 329.63, 392.0),
+    }
+    return {name: clip.astype(np.float32) for name, clip in clips.items()}
+
+
+def non_speech_clips(
+    seed: int = 0, seconds: float = NON_SPEECH_SECONDS, samples_dir: Path | None = SONIC_PI_SAMPLES
+) -> dict[str, np.ndarray]:
+    """The non-speech set: `synthetic_non_speech_clips` plus the music and drum loops (`loop_*.flac`) of
+    `samples_dir` where it exists, each repeated or cut to `seconds`."""
+    clips = synthetic_non_speech_clips(seed, seconds)
+    for path in sorted(Path(samples_dir).glob("loop_*.flac")) if samples_dir else []:
+        clips[f"sonic_pi_{path.stem}"] = np.resize(load_audio(str(path)), int(seconds * SAMPLING_RATE))
+    return clips
+
+
+def score_non_speech(asr, clips: dict[str, np.ndarray], batch_size: int = 8, **call_kwargs) -> dict:
+    """What `asr` makes up on `clips`, which hold no speech: words per clip and the share of clips with any text
+    (both after the English normalizer, which drops Whisper's bracketed "(music)"-style tags)."""
+    outputs = asr(list(clips.values()), batch_size=batch_size, **call_kwargs)
+    texts = {name: output["text"].strip() for name, output in zip(clips, outputs)}
+    words = [len(normalize(text).split()) for text in texts.values()]
     return {
-        "wer": word_error_rate([e["text"] for e in examples], hypotheses),
-        "samples": len(examples),
-        "hypotheses": hypotheses,
+        "non_speech_clips": len(clips),
+        "words_per_non_speech_clip": float(np.mean(words)),
+        "non_speech_clips_with_text": float(np.mean([count > 0 for count in words])),
+        "non_speech_hypotheses": texts,
     }
 
 
@@ -71,28 +173,51 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder or Hub id")
     parser.add_argument("--whisper", action="store_true", help="--model is a plain Whisper checkpoint (baseline)")
-    parser.add_argument("--dataset_name", required=True, help="Hub dataset id or local audiofolder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset_name", help="Hub dataset id or local audiofolder")
+    source.add_argument("--manifest", help="folder with manifest.jsonl ('file' and 'text' per line) and the audio")
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--split", default="test")
     parser.add_argument("--audio_column_name", default="audio")
     parser.add_argument("--text_column_name", default="text")
-    parser.add_argument("--max_samples", type=int, default=200)
+    parser.add_argument("--max_samples", type=int, default=200, help="with --dataset_name")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--no_loop_guard", action="store_true", help="turn off the pipeline's loop guard")
+    parser.add_argument("--no_non_speech", action="store_true", help="skip the non-speech hallucination set")
     parser.add_argument("--show", type=int, default=5, help="print this many reference/hypothesis pairs")
+    parser.add_argument("--output_json", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
 
-    dataset = open_dataset(
-        args.dataset_name, args.dataset_config_name, args.split, args.audio_column_name, args.text_column_name, False
-    )
-    examples = list(scan(dataset, SkipCounter(f"{args.dataset_name}:{args.split}", 1.0), 30.0, args.max_samples))
-    if args.whisper:
-        result = evaluate_whisper(args.model, examples, args.batch_size)
+    if args.manifest:
+        examples = read_manifest(args.manifest)
     else:
-        asr = pipeline("automatic-speech-recognition", model=args.model, trust_remote_code=True)
-        result = evaluate_model(asr.model, asr.processor, examples, args.batch_size)
+        dataset = open_dataset(
+            args.dataset_name,
+            args.dataset_config_name,
+            args.split,
+            args.audio_column_name,
+            args.text_column_name,
+            False,
+        )
+        examples = list(scan(dataset, SkipCounter(f"{args.dataset_name}:{args.split}", 1.0), 30.0, args.max_samples))
+    if args.whisper:
+        asr, call_kwargs = WhisperTranscriber(args.model), {}
+    else:
+        loaded = pipeline("automatic-speech-recognition", model=args.model, trust_remote_code=True)
+        asr, call_kwargs = ASRPipeline(model=loaded.model, processor=loaded.processor), {}
+        if args.no_loop_guard:
+            call_kwargs["loop_guard"] = False
+    result = score(asr, examples, args.batch_size, **call_kwargs)
+    if not args.no_non_speech:
+        result.update(score_non_speech(asr, non_speech_clips(), args.batch_size, **call_kwargs))
     for example, hypothesis in list(zip(examples, result["hypotheses"]))[: args.show]:
         print(f"REF: {example['text']}\nHYP: {hypothesis}\n")
-    summary = {key: value for key, value in result.items() if key != "hypotheses"}
+    for name, text in list(result.get("non_speech_hypotheses", {}).items())[: args.show]:
+        print(f"NON-SPEECH {name}: {text!r}")
+    summary = {key: value for key, value in result.items() if not key.endswith("hypotheses")}
+    summary["source"] = args.manifest or f"{args.dataset_name}:{args.split}"
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary
 

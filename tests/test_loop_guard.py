@@ -1,0 +1,161 @@
+"""The pipeline's loop guard: a model that repeats a phrase stops early with one copy; other output is unchanged."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import noise
+
+from pipeline_asr import ASRPipeline, LoopGuard
+
+PHRASE = " see the water"  # three distinct tokens of the offline tokenizer
+LONG_PHRASE = " the a an and of to in is it you that he was for on are with as his they"  # 20 tokens
+
+
+def scripted_model(model, processor, phrase: str, then_end: bool):
+    """A copy of `model` that says `phrase` whatever the audio, then ends the turn or says it again forever.
+
+    Attention and MLP outputs are zeroed, so the LM head sees only the current token's embedding: each phrase token
+    gets its own direction, every other token (the prompt) a shared one, and the head maps each direction to the
+    next token of the phrase.
+    """
+    model = copy.deepcopy(model)
+    tokens = processor.tokenizer(phrase, add_special_tokens=False).input_ids
+    assert len(set(tokens)) == len(tokens) < model.config.text_config.hidden_size
+    language_model = model.language_model
+    with torch.no_grad():
+        for layer in language_model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embeddings = torch.zeros_like(language_model.get_input_embeddings().weight)
+        head = torch.zeros_like(embeddings)
+        embeddings[:, 0] = 1.0
+        head[tokens[0], 0] = 10.0
+        for position, token in enumerate(tokens):
+            embeddings[token] = 0.0
+            embeddings[token, position + 1] = 1.0
+            last = position == len(tokens) - 1
+            following = (processor.end_of_turn_token_id if then_end else tokens[0]) if last else tokens[position + 1]
+            head[following, position + 1] = 10.0
+        language_model.get_input_embeddings().weight.copy_(embeddings)
+        language_model.lm_head.weight = torch.nn.Parameter(head)  # untied from the embeddings
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def looping(tiny_random):
+    model, processor = tiny_random
+    return ASRPipeline(model=scripted_model(model, processor, PHRASE, then_end=False), processor=processor)
+
+
+def generated_lengths(asr, monkeypatch) -> list[int]:
+    """Records how many new tokens each `generate` call of the pipeline produced."""
+    lengths = []
+    generate = asr.model.generate
+
+    def recording_generate(**inputs):
+        output = generate(**inputs)
+        lengths.append(output.shape[1] - inputs["input_ids"].shape[1])
+        return output
+
+    monkeypatch.setattr(asr.model, "generate", recording_generate)
+    return lengths
+
+
+def test_a_looping_model_stops_early_with_one_copy(looping, monkeypatch):
+    clip = noise(5.0, seed=1)
+    cap = looping.model.config.max_new_tokens_for(clip.size)
+    lengths = generated_lengths(looping, monkeypatch)
+    assert looping(clip)["text"] == PHRASE.strip()
+    unguarded = looping(clip, loop_guard=False)["text"]
+    assert lengths == [9, cap]  # three copies of the three-token phrase, then the duration cap
+    assert unguarded.startswith(f"{PHRASE.strip()} {PHRASE.strip()}")
+    assert unguarded.count("water") == cap // 3
+
+
+def test_loops_longer_than_the_guard_sees_still_end_at_the_duration_cap(tiny_random, monkeypatch):
+    model, processor = tiny_random
+    asr = ASRPipeline(model=scripted_model(model, processor, LONG_PHRASE, then_end=False), processor=processor)
+    clip = noise(5.0, seed=2)
+    lengths = generated_lengths(asr, monkeypatch)
+    text = asr(clip)["text"]
+    assert lengths == [model.config.max_new_tokens_for(clip.size)]
+    assert text.startswith(LONG_PHRASE.strip())
+
+
+def test_output_without_a_loop_is_unchanged(tiny_random):
+    model, processor = tiny_random
+    asr = ASRPipeline(model=scripted_model(model, processor, PHRASE, then_end=True), processor=processor)
+    clips = [noise(seconds, seed=3) for seconds in (0.4, 5.0)]
+    assert asr(clips, loop_guard=False) == asr(clips) == [{"text": PHRASE.strip()}] * 2
+    plain = ASRPipeline(model=model, processor=processor)
+    assert plain(clips, loop_guard=False) == plain(clips)  # the random model's output too
+
+
+@pytest.mark.parametrize("loop_guard", [True, False])
+def test_batched_rows_stay_independent(looping, loop_guard):
+    clips = [noise(seconds, seed=i) for i, seconds in enumerate((0.5, 3.0, 8.0, 2.0))]
+    batched = looping(clips, batch_size=4, loop_guard=loop_guard)
+    assert batched == looping(clips, batch_size=1, loop_guard=loop_guard)
+    caps = [looping.model.config.max_new_tokens_for(clip.size) for clip in clips]
+    counts = [result["text"].count("water") for result in batched]
+    assert counts == ([1] * 4 if loop_guard else [cap // 3 for cap in caps])  # each row's own duration cap
+    assert len(set(counts)) == (1 if loop_guard else 4)
+
+
+WORDS = {word: index for index, word in enumerate("the best of very no , a b c d e f g h i j k l m".split(), start=3)}
+
+
+def ids(text: str) -> list[int]:
+    return [WORDS[word] for word in text.split()]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the best of the best",
+        "very very",
+        "no no no no",
+        "no , no , no ,",
+        "a b c d e f g h i j k l m a b c d e f g h i j k l m a b c d e f g h i j k l m",  # period 13 > 12
+    ],
+)
+def test_legitimate_repeats_survive(text):
+    guard = LoopGuard(prompt_length=0)
+    assert guard.trim(ids(text)) == ids(text)
+    assert not guard(torch.tensor([ids(text)]), None).item()
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("a b the best of the best of the best of", "a b the best of"),
+        ("a b the best of the best of the best of the", "a b the best of"),  # a partial copy goes too
+        ("very very very very very very very very very", "very"),
+        ("no , no , no , no ,", "no ,"),
+    ],
+)
+def test_loops_are_trimmed_to_one_copy(text, kept):
+    guard = LoopGuard(prompt_length=0)
+    assert guard.trim(ids(text)) == ids(kept)
+
+
+def test_stopping_is_judged_row_by_row():
+    guard = LoopGuard(prompt_length=2)
+    rows = torch.tensor(
+        [
+            [0, 0, *ids("a b the best of the best of the best of")],
+            [0, 0, *ids("b the best of the best of the best of c")],
+            [0, 0, *ids("no no no no no no no no no no no")],
+        ]
+    )
+    assert guard(rows, None).tolist() == [True, False, True]
+
+
+def test_parameters_come_from_the_model_config():
+    guard = LoopGuard.from_config(5, SimpleNamespace(loop_min_repeats=4, loop_max_period=3))
+    assert (guard.prompt_length, guard.max_period, guard.min_repeats, guard.min_tokens) == (5, 3, 4, 8)
+    assert guard.trim(ids("the best of the best of the best of")) == ids("the best of the best of the best of")
+    with pytest.raises(ValueError, match="min_repeats >= 2"):
+        LoopGuard(0, min_repeats=1)
