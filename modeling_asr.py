@@ -188,21 +188,28 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
         Either way the bases can be rebuilt, so saving it writes only the trained weights.
         """
+        if not config.trained_weights_only:
+            raise ValueError("a model on rebuildable base models needs a config from `ASRConfig.from_base_configs`")
         if config.audio_model_id:
-            whisper = from_pretrained_or_mirror(
-                WhisperModel, config.audio_model_id, config.audio_model_revision, dtype=dtype
-            )
-            config.audio_config, encoder = whisper.config, whisper.get_encoder()
+            encoder = from_pretrained_or_mirror(
+                WhisperModel,
+                config.audio_model_id,
+                config.audio_model_revision,
+                config=config.audio_config,
+                dtype=dtype,
+            ).get_encoder()
         else:
             encoder = seeded(config.base_seed, WhisperEncoder, config.audio_config)
         if config.text_model_id:
             llm = from_pretrained_or_mirror(
-                AutoModelForCausalLM, config.text_model_id, config.text_model_revision, dtype=dtype
+                AutoModelForCausalLM,
+                config.text_model_id,
+                config.text_model_revision,
+                config=config.text_config,
+                dtype=dtype,
             )
-            config.text_config = llm.config
         else:
             llm = seeded(config.base_seed, AutoModelForCausalLM.from_config, config.text_config)
-        config.trained_weights_only = True
         return cls(config, audio_encoder=encoder, language_model=llm)
 
     # ----------------------------------------------------------------- loading and saving
