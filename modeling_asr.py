@@ -192,21 +192,13 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             raise ValueError("a model on rebuildable base models needs a config from `ASRConfig.from_base_configs`")
         if config.audio_model_id:
             encoder = from_pretrained_or_mirror(
-                WhisperModel,
-                config.audio_model_id,
-                config.audio_model_revision,
-                config=config.audio_config,
-                dtype=dtype,
+                WhisperModel, config.audio_model_id, config.audio_model_revision, dtype=dtype
             ).get_encoder()
         else:
             encoder = seeded(config.base_seed, WhisperEncoder, config.audio_config)
         if config.text_model_id:
             llm = from_pretrained_or_mirror(
-                AutoModelForCausalLM,
-                config.text_model_id,
-                config.text_model_revision,
-                config=config.text_config,
-                dtype=dtype,
+                AutoModelForCausalLM, config.text_model_id, config.text_model_revision, dtype=dtype
             )
         else:
             llm = seeded(config.base_seed, AutoModelForCausalLM.from_config, config.text_config)

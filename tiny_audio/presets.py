@@ -41,6 +41,7 @@ PRESETS = {
             "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
             "system_prompt": "Transcribe speech.",  # short: SmolLM2's template otherwise adds a long default
             "user_prompt": "<audio>",
+            "projector_hidden_size": 2048,  # the width the README's `tiny` results were trained with
         },
     ),
     "tiny-random": Preset(
