@@ -35,7 +35,11 @@ def test_unreachable_hub_falls_back_to_the_mirror_quickly(tmp_path, monkeypatch)
     mirror, checkpoint = tmp_path / "mirror", tmp_path / "checkpoint"
     save_mirror(mirror)
     monkeypatch.setenv(MIRROR_ENV, str(mirror))
-    model, processor = build("tiny", audio_model_id=AUDIO_ID, text_model_id=TEXT_ID)  # HF_HUB_OFFLINE=1 here
+    # HF_HUB_OFFLINE=1 in this process; the projector width left to default to the LLM's
+    model, processor = build("tiny", audio_model_id=AUDIO_ID, text_model_id=TEXT_ID, projector_hidden_size=None)
+    # The base configs are loaded before the config is built, so what derives from them is right from the start.
+    assert model.config.projector_hidden_size == model.config.text_config.hidden_size == 64
+    assert model.config.audio_config.d_model == model.audio_encoder.config.d_model == 64
     model.save_pretrained(checkpoint)
     processor.save_pretrained(checkpoint)
     clip = noise(2.0, seed=3)
