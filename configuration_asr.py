@@ -1,8 +1,13 @@
 """Configuration of the Tiny Audio speech-LLM: Whisper encoder -> projector -> decoder-only LLM."""
 
 import os
+import threading
+import urllib.error
+import urllib.request
+from functools import cache
 from pathlib import Path
 
+from huggingface_hub import constants
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
@@ -31,7 +36,21 @@ def num_audio_tokens(num_samples: int, pad_audio_to_30s: bool = False) -> int:
     return int(feature_frames_to_audio_tokens(num_frames)) if num_frames > 0 else 0
 
 
+# The processor's settings, kept in the config too; both take their defaults from here.
+PROCESSOR_SETTINGS = ("audio_token", "system_prompt", "user_prompt", "pad_audio_to_30s")
+DEFAULT_AUDIO_TOKEN = "<audio>"
+DEFAULT_SYSTEM_PROMPT = "/no_think"  # SmolLM3's switch to answer without a reasoning block
+DEFAULT_USER_PROMPT = f"Transcribe the audio: {DEFAULT_AUDIO_TOKEN}"
+
+
+def check_user_prompt(user_prompt: str, audio_token: str) -> None:
+    """The audio embeddings replace the placeholder in the user turn, so it must be there."""
+    if audio_token not in user_prompt:
+        raise ValueError(f"user_prompt {user_prompt!r} must contain the audio placeholder {audio_token!r}")
+
+
 MIRROR_ENV = "TINY_AUDIO_MIRROR"
+HUB_PROBE_SECONDS = 5
 
 
 def mirror_root() -> Path:
@@ -42,8 +61,41 @@ def mirror_root() -> Path:
     return Path.home() / ".cache" / "tiny_audio" / "mirror"
 
 
+@cache
+def hub_reachable() -> bool:
+    """Whether the Hub answers, decided once per process within `HUB_PROBE_SECONDS`.
+
+    Without a network, huggingface_hub retries every file a load asks for with backoff, which adds up to minutes
+    before the mirror is tried. When the Hub does not answer, the rest of the process runs in huggingface_hub's
+    offline mode (as with `HF_HUB_OFFLINE=1`): loads go straight to the local cache, then to the mirror.
+    """
+    if constants.HF_HUB_OFFLINE:
+        return False
+    answered = []
+    # A thread bounds the whole probe: the timeout of `urlopen` does not cover name resolution.
+    probe = threading.Thread(target=_probe_hub, args=(answered,), daemon=True)
+    probe.start()
+    probe.join(HUB_PROBE_SECONDS)
+    if not answered:
+        logger.warning(f"The Hugging Face Hub ({constants.ENDPOINT}) does not answer; working offline for this process")
+        constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"  # for libraries and subprocesses that read the variable themselves
+    return bool(answered)
+
+
+def _probe_hub(answered: list) -> None:
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=HUB_PROBE_SECONDS)
+    except urllib.error.HTTPError:
+        pass  # an error status is still an answer
+    except OSError:  # no route, refused, timed out, name not resolved
+        return
+    answered.append(True)
+
+
 def from_pretrained_or_mirror(loader, model_id: str, revision: str | None = None, **kwargs):
     """`loader.from_pretrained(model_id)`, falling back to a local mirror of `model_id` when the Hub is unreachable."""
+    hub_reachable()
     try:
         return loader.from_pretrained(model_id, revision=revision, **kwargs)
     except OSError:
@@ -74,7 +126,8 @@ class ASRConfig(PreTrainedConfig):
         lora_rank / lora_alpha / lora_dropout / lora_target_modules: optional LoRA adapters on the LLM (rank 0: none).
         trained_encoder_layers (`int`): the top N Whisper encoder layers (and its final layer norm) train too, to adapt
             the encoder to a new kind of speech; the layers below stay frozen (and cacheable).
-        trained_weights_only (`bool`): set on save when the weights file holds only the projector and adapters.
+        trained_weights_only (`bool`): the weights file holds only the trained weights; the bases are rebuilt from
+            their ids or `base_seed` (set by `from_base_configs`).
     """
 
     model_type = "tiny_audio"
@@ -124,10 +177,10 @@ class ASRConfig(PreTrainedConfig):
     base_seed: int | None = None
     projector_hidden_size: int | None = None
     projector_init_scale: float | None = None
-    audio_token: str = "<audio>"
+    audio_token: str = DEFAULT_AUDIO_TOKEN
     audio_token_id: int | None = None
-    system_prompt: str | None = "/no_think"
-    user_prompt: str = "Transcribe the audio: <audio>"
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    user_prompt: str = DEFAULT_USER_PROMPT
     pad_audio_to_30s: bool = False
     max_new_tokens_per_second: float = 8.0
     min_new_tokens_cap: int = 16
@@ -141,10 +194,7 @@ class ASRConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.audio_token not in self.user_prompt:
-            raise ValueError(
-                f"user_prompt {self.user_prompt!r} must contain the audio placeholder {self.audio_token!r}"
-            )
+        check_user_prompt(self.user_prompt, self.audio_token)
         if self.projector_hidden_size is None:
             self.projector_hidden_size = self.text_config.hidden_size
         if not 0 <= self.trained_encoder_layers <= self.audio_config.encoder_layers:
@@ -155,6 +205,25 @@ class ASRConfig(PreTrainedConfig):
         if self.lora_target_modules is None:
             self.lora_target_modules = ["q_proj", "v_proj"]
 
+    @classmethod
+    def from_base_configs(cls, audio_config, text_config, audio_token_id: int, **settings) -> "ASRConfig":
+        """The complete config of a fresh model on these base models, built in one go so nothing sets fields later.
+
+        `audio_config` / `text_config` are those of `audio_model_id` / `text_model_id`, or of random bases (ids
+        `None`, `base_seed` set); `audio_token_id` is the placeholder's id in the processor's tokenizer. The bases can
+        be rebuilt from the ids or the seed, so the weights file holds only the trained weights.
+        """
+        config = cls(
+            audio_config=audio_config,
+            text_config=text_config,
+            audio_token_id=audio_token_id,
+            trained_weights_only=True,
+            **settings,
+        )
+        if config.base_seed is None and not (config.audio_model_id and config.text_model_id):
+            raise ValueError("a base model without a Hub id needs `base_seed` so that it can be rebuilt on loading")
+        return config
+
     def num_audio_tokens(self, num_samples: int) -> int:
         """Audio tokens this model spends on a clip of `num_samples` 16 kHz samples."""
         return num_audio_tokens(num_samples, self.pad_audio_to_30s)
@@ -164,4 +233,4 @@ class ASRConfig(PreTrainedConfig):
         return int(self.min_new_tokens_cap + self.max_new_tokens_per_second * num_samples / SAMPLING_RATE)
 
 
-__all__ = ["ASRConfig", "from_pretrained_or_mirror", "num_audio_tokens"]
+__all__ = ["ASRConfig", "check_user_prompt", "from_pretrained_or_mirror", "hub_reachable", "num_audio_tokens"]

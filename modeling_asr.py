@@ -223,6 +223,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         `from_pretrained`; random bases take `attn_implementation` only. Either way the bases can be rebuilt, so saving
         the model writes only the trained weights.
         """
+        if not config.trained_weights_only:
+            raise ValueError("a model on rebuildable base models needs a config from `ASRConfig.from_base_configs`")
         bases = ((config.audio_model_id, config.audio_config), (config.text_model_id, config.text_config))
         random_bases = [base_config for model_id, base_config in bases if not model_id]
         unhonoured = sorted(set(loader_kwargs) - {"attn_implementation", *HUB_ACCESS_KWARGS})
@@ -232,20 +234,17 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             if loader_kwargs.get("attn_implementation"):
                 base_config._attn_implementation = loader_kwargs["attn_implementation"]
         if config.audio_model_id:
-            whisper = from_pretrained_or_mirror(
+            encoder = from_pretrained_or_mirror(
                 WhisperModel, config.audio_model_id, config.audio_model_revision, dtype=dtype, **loader_kwargs
-            )
-            config.audio_config, encoder = whisper.config, whisper.get_encoder()
+            ).get_encoder()
         else:
             encoder = seeded(config.base_seed, WhisperEncoder, config.audio_config)
         if config.text_model_id:
             llm = from_pretrained_or_mirror(
                 AutoModelForCausalLM, config.text_model_id, config.text_model_revision, dtype=dtype, **loader_kwargs
             )
-            config.text_config = llm.config
         else:
             llm = seeded(config.base_seed, AutoModelForCausalLM.from_config, config.text_config)
-        config.trained_weights_only = True
         model = cls(config, audio_encoder=encoder, language_model=llm)
         model.projector.to(model.get_input_embeddings().weight.device)  # beside the LLM, wherever it was placed
         return model

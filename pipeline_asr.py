@@ -11,10 +11,10 @@ from transformers.pipelines.base import ChunkPipeline
 
 try:
     from .configuration_asr import HOP_LENGTH, SAMPLING_RATE
-    from .processing_asr import InvalidAudioError, load_audio, read_audio_file
+    from .processing_asr import InvalidAudioError, audio_file, checked_blocks, load_audio
 except ImportError:
     from configuration_asr import HOP_LENGTH, SAMPLING_RATE
-    from processing_asr import InvalidAudioError, load_audio, read_audio_file
+    from processing_asr import InvalidAudioError, audio_file, checked_blocks, load_audio
 
 FILE_BLOCK_SECONDS = 10
 QUIET_FRAME = 400  # 25 ms frames when looking for a quiet point to split at
@@ -28,12 +28,9 @@ LOOP_MIN_TOKENS = 8
 
 def file_blocks(path: str | Path):
     """Streams a file as 16 kHz mono float32 blocks, so hour-long files never sit in memory whole."""
-    read_audio_file(path)  # clear error for a missing or undecodable file before streaming
-    with sf.SoundFile(path) as audio_file:
-        resampler = soxr.ResampleStream(audio_file.samplerate, SAMPLING_RATE, 1, dtype="float32")
-        blocks = audio_file.blocks(
-            blocksize=audio_file.samplerate * FILE_BLOCK_SECONDS, dtype="float32", always_2d=True
-        )
+    with audio_file(path) as opened:
+        resampler = soxr.ResampleStream(opened.samplerate, SAMPLING_RATE, 1, dtype="float32")
+        blocks = opened.blocks(blocksize=opened.samplerate * FILE_BLOCK_SECONDS, dtype="float32", always_2d=True)
         for block in blocks:
             yield resampler.resample_chunk(block.mean(axis=1))
         yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
@@ -193,23 +190,14 @@ class ASRPipeline(ChunkPipeline):
 
     def preprocess(self, inputs, chunk_length_s: float = 30.0, sampling_rate: int | None = None):
         if inputs is None or (isinstance(inputs, (str, bytes)) and len(inputs) == 0):
-            raise InvalidAudioError("audio input is empty")
+            raise InvalidAudioError("audio input is empty", "empty")
         max_samples = int(chunk_length_s * SAMPLING_RATE)
-        pieces = split_at_quiet_points(audio_blocks(inputs, sampling_rate), max_samples, max_samples * 2 // 3)
-        previous, total, audible = None, 0, False
-        for offset, chunk in pieces:
-            bad = ~np.isfinite(chunk)
-            if bad.any():
-                position = (offset + int(np.flatnonzero(bad)[0])) / SAMPLING_RATE
-                raise InvalidAudioError(f"audio contains NaN or Inf samples (first at {position:.2f} s)")
-            audible = audible or bool(chunk.any())
+        blocks = checked_blocks(audio_blocks(inputs, sampling_rate))  # the processor's checks, on the stream
+        previous = None
+        for offset, chunk in split_at_quiet_points(blocks, max_samples, max_samples * 2 // 3):
             if previous is not None:
                 yield {**previous, "is_last": False}
-            previous, total = self._chunk_item(offset, chunk), offset + chunk.size
-        if previous is None or total == 0:
-            raise InvalidAudioError("audio is empty")
-        if not audible:
-            raise InvalidAudioError("audio is silent (all samples are zero)")
+            previous = self._chunk_item(offset, chunk)
         yield {**previous, "is_last": True}
 
     @staticmethod

@@ -1,6 +1,7 @@
 """Processor of the Tiny Audio speech-LLM: audio loading and checks, Whisper features, chat prompts and labels."""
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +11,46 @@ import torch
 from transformers import AddedToken, BatchFeature, ProcessorMixin
 
 try:
-    from .configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, SAMPLING_RATE, num_audio_tokens
+    from .configuration_asr import (
+        DEFAULT_AUDIO_TOKEN,
+        DEFAULT_SYSTEM_PROMPT,
+        DEFAULT_USER_PROMPT,
+        HOP_LENGTH,
+        MAX_FEATURE_FRAMES,
+        PROCESSOR_SETTINGS,
+        SAMPLING_RATE,
+        check_user_prompt,
+        num_audio_tokens,
+    )
 except ImportError:
-    from configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, SAMPLING_RATE, num_audio_tokens
+    from configuration_asr import (
+        DEFAULT_AUDIO_TOKEN,
+        DEFAULT_SYSTEM_PROMPT,
+        DEFAULT_USER_PROMPT,
+        HOP_LENGTH,
+        MAX_FEATURE_FRAMES,
+        PROCESSOR_SETTINGS,
+        SAMPLING_RATE,
+        check_user_prompt,
+        num_audio_tokens,
+    )
 
 IGNORE_INDEX = -100
 
 
 class InvalidAudioError(ValueError):
-    """Audio that cannot be transcribed: unreadable, empty, silent, NaN/Inf, wrong type or wrong length."""
+    """Audio that cannot be transcribed; `reason` (one of `REASONS`) tells the cases apart without parsing the message."""
+
+    REASONS = ("missing", "undecodable", "unsupported", "empty", "non_finite", "silent", "too_short", "too_long")
+
+    def __init__(self, message: str, reason: str):
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown InvalidAudioError reason {reason!r}; expected one of {self.REASONS}")
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # pickles with its reason (errors cross process boundaries in data loaders)
+        return type(self), (str(self), self.reason)
 
 
 def to_mono_float32(samples: np.ndarray, name: str = "audio") -> np.ndarray:
@@ -29,13 +61,13 @@ def to_mono_float32(samples: np.ndarray, name: str = "audio") -> np.ndarray:
         offset = (info.max + 1) // 2 if samples.dtype.kind == "u" else 0
         samples = (samples.astype(np.float64) - offset) / (info.max - offset + 1)
     elif samples.dtype.kind != "f":
-        raise InvalidAudioError(f"{name}: expected numeric samples, got dtype {samples.dtype}")
+        raise InvalidAudioError(f"{name}: expected numeric samples, got dtype {samples.dtype}", "unsupported")
     if samples.ndim == 2:
         channel_axis = 0 if samples.shape[0] < samples.shape[1] else 1
         samples = samples.mean(axis=channel_axis)
     elif samples.ndim != 1:
         raise InvalidAudioError(
-            f"{name}: expected 1-D (mono) or 2-D (multi-channel) samples, got shape {samples.shape}"
+            f"{name}: expected 1-D (mono) or 2-D (multi-channel) samples, got shape {samples.shape}", "unsupported"
         )
     return np.ascontiguousarray(samples, dtype=np.float32)
 
@@ -47,16 +79,24 @@ def resample(samples: np.ndarray, orig_rate: int, target_rate: int = SAMPLING_RA
     return soxr.resample(samples, orig_rate, target_rate).astype(np.float32, copy=False)
 
 
-def read_audio_file(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndarray, int]:
-    """Decodes a file path or raw file bytes (wav, flac, ogg, mp3, ... through soundfile) to (samples, rate)."""
-    name = name or (f"file {str(source)!r}" if not isinstance(source, bytes) else "audio bytes")
+@contextmanager
+def audio_file(source: str | Path | bytes):
+    """Opens a file path or raw file bytes (wav, flac, ogg, mp3, ... through soundfile) as an `sf.SoundFile`; a
+    missing file, or a decoding error while it is open, is an `InvalidAudioError` that names the source."""
+    name = f"file {str(source)!r}" if not isinstance(source, bytes) else "audio bytes"
     if not isinstance(source, bytes) and not Path(source).is_file():
-        raise InvalidAudioError(f"{name}: no such file")
+        raise InvalidAudioError(f"{name}: no such file", "missing")
     try:
-        samples, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else source, always_2d=False)
+        with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+            yield opened
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise InvalidAudioError(f"{name}: could not decode audio ({error})") from error
-    return samples, rate
+        raise InvalidAudioError(f"{name}: could not decode audio ({error})", "undecodable") from error
+
+
+def read_audio_file(source: str | Path | bytes) -> tuple[np.ndarray, int]:
+    """Decodes a whole file path or raw file bytes to (samples, rate)."""
+    with audio_file(source) as opened:
+        return opened.read(), opened.samplerate
 
 
 def load_audio(source, sampling_rate: int | None = None, name: str = "audio") -> np.ndarray:
@@ -71,7 +111,7 @@ def load_audio(source, sampling_rate: int | None = None, name: str = "audio") ->
             if source.get(key) is not None:
                 return load_audio(source[key], rate, name)
         raise InvalidAudioError(
-            f"{name}: dict input needs an 'array', 'raw', 'bytes' or 'path' entry, got {list(source)}"
+            f"{name}: dict input needs an 'array', 'raw', 'bytes' or 'path' entry, got {list(source)}", "unsupported"
         )
     if isinstance(source, (str, Path, bytes)):
         samples, rate = read_audio_file(source)
@@ -81,24 +121,45 @@ def load_audio(source, sampling_rate: int | None = None, name: str = "audio") ->
     else:
         raise InvalidAudioError(
             f"{name}: unsupported input type {type(source).__name__}; pass a file path, bytes, numpy array, "
-            "torch tensor or a dict with 'array' and 'sampling_rate'"
+            "torch tensor or a dict with 'array' and 'sampling_rate'",
+            "unsupported",
         )
     return resample(to_mono_float32(samples, name), int(rate))
 
 
+def checked_blocks(blocks, name: str = "audio"):
+    """Passes 16 kHz blocks of one recording through, raising `InvalidAudioError` for NaN or Inf samples as soon as
+    a block holds one (at its position in the whole recording), and for an empty or silent recording at its end.
+
+    Works on a stream, so a long file is checked without holding it whole.
+    """
+    total, audible = 0, False
+    for block in blocks:
+        bad = np.flatnonzero(~np.isfinite(block))
+        if bad.size:
+            position = (total + int(bad[0])) / SAMPLING_RATE
+            raise InvalidAudioError(f"{name} contains NaN or Inf samples (first at {position:.2f} s)", "non_finite")
+        audible = audible or bool(block.any())
+        total += block.size
+        yield block
+    if total == 0:
+        raise InvalidAudioError(f"{name} is empty", "empty")
+    if not audible:
+        raise InvalidAudioError(f"{name} is silent (all samples are zero)", "silent")
+
+
 def check_audio(samples: np.ndarray, name: str = "audio", max_seconds: float | None = None) -> None:
-    """Raises `InvalidAudioError` for audio that cannot be transcribed."""
-    if samples.size == 0:
-        raise InvalidAudioError(f"{name} is empty")
-    if not np.isfinite(samples).all():
-        first_bad = int(np.flatnonzero(~np.isfinite(samples))[0])
-        raise InvalidAudioError(f"{name} contains NaN or Inf samples (first at {first_bad / SAMPLING_RATE:.2f} s)")
-    if not samples.any():
-        raise InvalidAudioError(f"{name} is silent (all samples are zero)")
+    """Raises `InvalidAudioError` for a clip that cannot be transcribed."""
+    for _ in checked_blocks([samples], name):
+        pass
     if samples.size < HOP_LENGTH:
-        raise InvalidAudioError(f"{name} is too short: {samples.size} samples, at least {HOP_LENGTH} (10 ms) needed")
+        raise InvalidAudioError(
+            f"{name} is too short: {samples.size} samples, at least {HOP_LENGTH} (10 ms) needed", "too_short"
+        )
     if max_seconds is not None and samples.size > max_seconds * SAMPLING_RATE:
-        raise InvalidAudioError(f"{name} is {samples.size / SAMPLING_RATE:.1f} s long, the limit is {max_seconds:g} s")
+        raise InvalidAudioError(
+            f"{name} is {samples.size / SAMPLING_RATE:.1f} s long, the limit is {max_seconds:g} s", "too_long"
+        )
 
 
 class ASRProcessor(ProcessorMixin):
@@ -115,13 +176,12 @@ class ASRProcessor(ProcessorMixin):
         feature_extractor=None,
         tokenizer=None,
         chat_template=None,
-        audio_token: str = "<audio>",
-        system_prompt: str | None = None,
-        user_prompt: str = "Transcribe the audio: <audio>",
+        audio_token: str = DEFAULT_AUDIO_TOKEN,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        user_prompt: str = DEFAULT_USER_PROMPT,
         pad_audio_to_30s: bool = False,
     ):
-        if audio_token not in user_prompt:
-            raise ValueError(f"user_prompt {user_prompt!r} must contain the audio placeholder {audio_token!r}")
+        check_user_prompt(user_prompt, audio_token)
         if audio_token not in tokenizer.get_vocab():
             tokenizer.add_tokens([AddedToken(audio_token, special=True, normalized=False)], special_tokens=True)
         if tokenizer.pad_token is None:
@@ -139,15 +199,7 @@ class ASRProcessor(ProcessorMixin):
     @classmethod
     def from_config(cls, config, feature_extractor, tokenizer, **kwargs) -> "ASRProcessor":
         """A processor whose prompt settings are those of an `ASRConfig`."""
-        return cls(
-            feature_extractor,
-            tokenizer,
-            audio_token=config.audio_token,
-            system_prompt=config.system_prompt,
-            user_prompt=config.user_prompt,
-            pad_audio_to_30s=config.pad_audio_to_30s,
-            **kwargs,
-        )
+        return cls(feature_extractor, tokenizer, **{key: getattr(config, key) for key in PROCESSOR_SETTINGS}, **kwargs)
 
     def _messages(self, assistant: str | None = None) -> list[dict]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -253,4 +305,4 @@ class ASRProcessor(ProcessorMixin):
 
 ASRProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["ASRProcessor", "InvalidAudioError", "check_audio", "load_audio"]
+__all__ = ["ASRProcessor", "InvalidAudioError", "check_audio", "checked_blocks", "load_audio"]

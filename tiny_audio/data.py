@@ -116,21 +116,30 @@ def open_mixture(names: list[str], weights: list[float] | None, seed: int, **kwa
     return interleave_datasets(datasets, probabilities, seed=seed, stopping_strategy="all_exhausted")
 
 
+# The skip count each `InvalidAudioError.reason` goes to in a run's data summary.
+SKIP_REASONS = {
+    "missing": "undecodable",
+    "undecodable": "undecodable",
+    "unsupported": "undecodable",
+    "empty": "empty_audio",
+    "silent": "empty_audio",
+    "too_short": "empty_audio",
+    "non_finite": "non_finite",
+    "too_long": "too_long",
+}
+
+
 def decode_example(example: dict, index: int, max_seconds: float) -> tuple[np.ndarray | None, str | None]:
     """Decoded 16 kHz samples of an example, or None and the reason it is skipped."""
     if not isinstance(example.get("text"), str) or not example["text"].strip():
         return None, "empty_transcript"
+    name = f"example {index}"
     try:
-        samples = load_audio(example["audio"], name=f"example {index}")
+        samples = load_audio(example["audio"], name=name)
+        check_audio(samples, name, max_seconds=max_seconds)
     except InvalidAudioError as error:
         logger.warning(str(error))
-        return None, "undecodable"
-    try:
-        check_audio(samples, f"example {index}")
-    except InvalidAudioError as error:
-        return None, "non_finite" if "NaN" in str(error) else "empty_audio"
-    if samples.size > max_seconds * SAMPLING_RATE:
-        return None, "too_long"
+        return None, SKIP_REASONS[error.reason]
     return samples, None
 
 

@@ -4,9 +4,9 @@ from dataclasses import dataclass, field
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, WhisperFeatureExtractor, set_seed
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, WhisperFeatureExtractor, set_seed
 
-from configuration_asr import ASRConfig, from_pretrained_or_mirror
+from configuration_asr import PROCESSOR_SETTINGS, ASRConfig, from_pretrained_or_mirror
 from modeling_asr import ASRModel
 from processing_asr import ASRProcessor
 
@@ -14,6 +14,7 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+BASE_MODEL_KEYS = ("audio_model_id", "audio_model_revision", "text_model_id", "text_model_revision")
 TINY_RANDOM_WORDS = (
     "the a an and of to in is it you that he was for on are with as his they be at one have this from or had by "
     "word but what some we can out other were all there when up use your how said each she which do their time if "
@@ -40,6 +41,7 @@ PRESETS = {
             "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
             "system_prompt": "Transcribe speech.",  # short: SmolLM2's template otherwise adds a long default
             "user_prompt": "<audio>",
+            "projector_hidden_size": 2048,  # the width the README's `tiny` results were trained with
         },
     ),
     "tiny-random": Preset(
@@ -102,23 +104,36 @@ def build_offline_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 
 
 def build(preset: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
-    """A fresh (untrained projector) model and its processor for a named preset; `dtype` is the bases' dtype."""
+    """A fresh (untrained projector) model and its processor for a named preset; `dtype` is the bases' dtype.
+
+    The tokenizer and the base configs come first, so that the `ASRConfig` is built complete, once.
+    """
     spec = PRESETS[preset]
-    config = ASRConfig(**{**spec.config, **overrides})
+    settings = {**spec.config, **overrides}
     set_seed(seed)
     if spec.random_weights:
-        tokenizer = build_offline_tokenizer(config.text_config.vocab_size)
-        feature_extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins)
-        config.base_seed = seed
+        feature_extractor = WhisperFeatureExtractor(feature_size=settings["audio_config"]["num_mel_bins"])
+        tokenizer = build_offline_tokenizer(settings["text_config"]["vocab_size"])
+        settings["base_seed"] = seed
     else:
-        feature_extractor = from_pretrained_or_mirror(
-            WhisperFeatureExtractor, config.audio_model_id, config.audio_model_revision
-        )
-        tokenizer = from_pretrained_or_mirror(AutoTokenizer, config.text_model_id, config.text_model_revision)
-    processor = ASRProcessor.from_config(config, feature_extractor, tokenizer)
-    config.audio_token_id = processor.audio_token_id
+        feature_extractor, tokenizer = load_pretrained_bases(settings)
+    processor = ASRProcessor(
+        feature_extractor, tokenizer, **{key: settings[key] for key in PROCESSOR_SETTINGS if key in settings}
+    )
+    config = ASRConfig.from_base_configs(audio_token_id=processor.audio_token_id, **settings)
     model = ASRModel.from_base_models(config, dtype=dtype)
     model.generation_config.eos_token_id = processor.end_of_turn_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.do_sample = False
     return model, processor
+
+
+def load_pretrained_bases(settings: dict):
+    """Loads (Hub or mirror) the feature extractor and tokenizer of the settings' base model ids (the config's
+    defaults where unset), and puts the bases' configs into `settings`."""
+    ids = {key: settings.get(key, getattr(ASRConfig, key)) for key in BASE_MODEL_KEYS}
+    audio = (ids["audio_model_id"], ids["audio_model_revision"])
+    text = (ids["text_model_id"], ids["text_model_revision"])
+    settings["audio_config"] = from_pretrained_or_mirror(AutoConfig, *audio)
+    settings["text_config"] = from_pretrained_or_mirror(AutoConfig, *text)
+    return from_pretrained_or_mirror(WhisperFeatureExtractor, *audio), from_pretrained_or_mirror(AutoTokenizer, *text)
