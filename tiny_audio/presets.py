@@ -42,6 +42,15 @@ PRESETS = {
             "user_prompt": "<audio>",
         },
     ),
+    "tiny-base": Preset(
+        "tiny-base",
+        {
+            "audio_model_id": "openai/whisper-base",  # 6 encoder layers of width 512 instead of tiny.en's 4 x 384
+            "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "system_prompt": "Transcribe speech.",
+            "user_prompt": "<audio>",
+        },
+    ),
     "tiny-random": Preset(
         "tiny-random",
         {
