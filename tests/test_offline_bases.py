@@ -121,6 +121,17 @@ def test_missing_second_weight_piece_names_its_package(monkeypatch, tmp_path):
     assert not mirror_path(WHISPER_BASE_ID, tmp_path).exists()
 
 
+@needs_whisper_base
+def test_weight_pieces_must_add_up_to_one_model(tmp_path):
+    first, second = offline_bases.WHISPER_SOURCES[WHISPER_BASE_ID].weight_paths()
+    with pytest.raises(ValueError, match=r"model\.bin\.part1: the data ends \d+ bytes early; is a piece truncated"):
+        offline_bases._read_ct2_model([first])
+    stray = tmp_path / "stray"
+    stray.write_bytes(b"\0" * 8)
+    with pytest.raises(ValueError, match="8 bytes follow the last variable"):
+        offline_bases._read_ct2_model([first, second, stray])
+
+
 def test_cli_rejects_unknown_ids(capsys):
     with pytest.raises(SystemExit):
         offline_bases.main(["--root", "/nonexistent", "openai/whisper-large-v3"])

@@ -124,12 +124,21 @@ WHISPER_SOURCES = {
 
 def _read_ct2_model(pieces: list[Path]) -> dict[str, torch.Tensor]:
     """Read the variables of a CTranslate2 `model.bin`, given as the pieces that concatenate to it; aliases resolve
-    to the tensor they name."""
+    to the tensor they name. Pieces that do not add up to one model (one truncated, or from another release) raise a
+    ValueError."""
     data = bytearray(b"".join(Path(piece).read_bytes() for piece in pieces))
+    where = " + ".join(map(str, pieces))
     offset = 0
+
+    def need(num_bytes: int) -> None:
+        if offset + num_bytes > len(data):
+            raise ValueError(
+                f"{where}: the data ends {offset + num_bytes - len(data)} bytes early; is a piece truncated?"
+            )
 
     def unpack(fmt: str):
         nonlocal offset
+        need(struct.calcsize(fmt))
         (value,) = struct.unpack_from(fmt, data, offset)
         offset += struct.calcsize(fmt)
         return value
@@ -143,7 +152,7 @@ def _read_ct2_model(pieces: list[Path]) -> dict[str, torch.Tensor]:
 
     version = unpack("I")
     if version != _CT2_BINARY_VERSION:
-        raise ValueError(f"{pieces[0]}: CTranslate2 binary version {version}, expected {_CT2_BINARY_VERSION}")
+        raise ValueError(f"{where}: CTranslate2 binary version {version}, expected {_CT2_BINARY_VERSION}")
     string()  # spec name
     unpack("I")  # spec revision
     variables = {}
@@ -152,12 +161,17 @@ def _read_ct2_model(pieces: list[Path]) -> dict[str, torch.Tensor]:
         shape = [unpack("I") for _ in range(unpack("B"))]
         dtype = _CT2_DTYPES[unpack("B")]
         num_bytes = unpack("I")
+        need(num_bytes)
         variables[name] = torch.frombuffer(data, dtype=dtype, count=num_bytes // dtype.itemsize, offset=offset)
         variables[name] = variables[name].reshape(shape)
         offset += num_bytes
     for _ in range(unpack("I")):
         alias, name = string(), string()
         variables[alias] = variables[name]
+    if offset != len(data):
+        raise ValueError(
+            f"{where}: {len(data) - offset} bytes follow the last variable; are the pieces from one model?"
+        )
     return variables
 
 
