@@ -70,6 +70,7 @@ PRESETS = {
         "eval_split_name": "validation",
         "base_dtype": "bfloat16",
         "cache_encoder_outputs": True,
+        "non_speech_fraction": 0.05,
         "ctc_warmup_steps": 1500,
         "lora_rank": 16,
         "per_device_train_batch_size": 8,

@@ -42,9 +42,9 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--train_samples", type=int, default=2400, help="training clips (their encoder outputs are cached)"
     )
-    parser.add_argument("--ctc_steps", type=int, default=600, help="stage 0: CTC warm-up steps of the projector")
-    parser.add_argument("--train_minutes", type=float, default=8.0, help="time budget of the LLM stage")
-    parser.add_argument("--max_steps", type=int, default=1000)
+    parser.add_argument("--ctc_steps", type=int, default=2000, help="stage 0: CTC warm-up steps of the projector")
+    parser.add_argument("--train_minutes", type=float, default=9.0, help="time budget of the LLM stage")
+    parser.add_argument("--max_steps", type=int, default=300, help="LLM steps: the cosine schedule ends within the budget")
     parser.add_argument("--test_samples", type=int, default=200)
     parser.add_argument(
         "--real_speech", default=str(REAL_SPEECH), help="folder of real recordings with manifest.jsonl ('' to skip)"
