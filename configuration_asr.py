@@ -17,6 +17,7 @@ logger = logging.get_logger(__name__)
 SAMPLING_RATE = 16_000
 HOP_LENGTH = 160  # Whisper's mel hop: 100 feature frames per second
 MAX_FEATURE_FRAMES = 3000  # Whisper's position table covers 30 s
+MAX_CHUNK_SECONDS = MAX_FEATURE_FRAMES * HOP_LENGTH / SAMPLING_RATE
 
 
 def conv_output_length(length, kernel_size=3, stride=2, padding=1):
@@ -123,6 +124,8 @@ class ASRConfig(PreTrainedConfig):
         system_prompt / user_prompt (`str`): the chat prompt; `user_prompt` must contain `audio_token`.
         pad_audio_to_30s (`bool`): pad every clip to 30 s like Whisper (375 audio tokens); for comparisons only.
         max_new_tokens_per_second / min_new_tokens_cap (`float` / `int`): cap generated tokens by audio duration.
+        chunk_length_s (`float`): the pipeline splits longer audio into pieces of at most this many seconds (at quiet
+            points); a model trained on short clips transcribes pieces of about that length best. At most 30.
         lora_rank / lora_alpha / lora_dropout / lora_target_modules: optional LoRA adapters on the LLM (rank 0: none).
         trained_encoder_layers (`int`): the top N Whisper encoder layers (and its final layer norm) train too, to adapt
             the encoder to a new kind of speech; the layers below stay frozen (and cacheable).
@@ -184,6 +187,7 @@ class ASRConfig(PreTrainedConfig):
     pad_audio_to_30s: bool = False
     max_new_tokens_per_second: float = 8.0
     min_new_tokens_cap: int = 16
+    chunk_length_s: float = MAX_CHUNK_SECONDS
     lora_rank: int = 0
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -204,6 +208,10 @@ class ASRConfig(PreTrainedConfig):
             )
         if self.lora_target_modules is None:
             self.lora_target_modules = ["q_proj", "v_proj"]
+        if not 0 < self.chunk_length_s <= MAX_CHUNK_SECONDS:
+            raise ValueError(
+                f"chunk_length_s must lie in (0, {MAX_CHUNK_SECONDS:g}] seconds, got {self.chunk_length_s}"
+            )
 
     @classmethod
     def from_base_configs(cls, audio_config, text_config, audio_token_id: int, **settings) -> "ASRConfig":

@@ -10,10 +10,10 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.pipelines.base import ChunkPipeline
 
 try:
-    from .configuration_asr import HOP_LENGTH, SAMPLING_RATE
+    from .configuration_asr import HOP_LENGTH, MAX_CHUNK_SECONDS, SAMPLING_RATE
     from .processing_asr import InvalidAudioError, audio_file, checked_blocks, load_audio
 except ImportError:
-    from configuration_asr import HOP_LENGTH, SAMPLING_RATE
+    from configuration_asr import HOP_LENGTH, MAX_CHUNK_SECONDS, SAMPLING_RATE
     from processing_asr import InvalidAudioError, audio_file, checked_blocks, load_audio
 
 FILE_BLOCK_SECONDS = 10
@@ -140,7 +140,7 @@ class ASRPipeline(ChunkPipeline):
 
     Inputs: a file path (wav, flac, ogg, mp3, ...), raw file bytes, a 16 kHz numpy array or torch tensor, or a dict
     `{"array" | "raw": samples, "sampling_rate": rate}`; any sample rate, mono or stereo, float or int PCM. Audio longer
-    than `chunk_length_s` (30 s) is split at quiet points and transcribed whole; `return_timestamps=True` adds the
+    than `chunk_length_s` (the model config's, at most 30 s) is split at quiet points and transcribed whole; `return_timestamps=True` adds the
     start and end of each piece. Clips of a batch (`batch_size`) are decoded together; a list of inputs is run
     longest first, so each batch holds clips of similar length (little padding), and results keep the input order.
     A `LoopGuard` stops and trims repeated phrases; `loop_guard=False` turns it off.
@@ -188,9 +188,10 @@ class ASRPipeline(ChunkPipeline):
         postprocess = {"return_timestamps": return_timestamps} if return_timestamps is not None else {}
         return preprocess, forward, postprocess
 
-    def preprocess(self, inputs, chunk_length_s: float = 30.0, sampling_rate: int | None = None):
+    def preprocess(self, inputs, chunk_length_s: float | None = None, sampling_rate: int | None = None):
         if inputs is None or (isinstance(inputs, (str, bytes)) and len(inputs) == 0):
             raise InvalidAudioError("audio input is empty", "empty")
+        chunk_length_s = chunk_length_s or getattr(self.model.config, "chunk_length_s", MAX_CHUNK_SECONDS)
         max_samples = int(chunk_length_s * SAMPLING_RATE)
         blocks = checked_blocks(audio_blocks(inputs, sampling_rate))  # the processor's checks, on the stream
         previous = None

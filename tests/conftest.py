@@ -1,6 +1,8 @@
 """Shared fixtures: everything offline, models built in-process."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 SAMPLING_RATE = 16_000
+
+
+def run_like_a_user(script: str, workdir: Path) -> str:
+    """Runs `script` in a fresh Python process in `workdir`, offline and with nothing of this repo importable (as on a
+    user's machine); the script must end by printing OK. Returns its output."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "HF_HUB_OFFLINE": "1", "HF_HOME": str(workdir / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK"), result.stdout[-3000:]
+    return result.stdout
 
 
 def noise(seconds: float, seed: int = 0, rate: int = SAMPLING_RATE) -> np.ndarray:

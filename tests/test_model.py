@@ -2,14 +2,12 @@
 
 import copy
 import json
-import subprocess
-import sys
 import textwrap
 import threading
 
 import pytest
 import torch
-from conftest import noise
+from conftest import noise, run_like_a_user
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoProcessor, TextIteratorStreamer
@@ -398,12 +396,7 @@ def test_a_saved_model_loads_without_the_pipelines_audio_packages(tmp_path, tiny
         print("OK")
         """
     )
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith("OK")
+    run_like_a_user(script, tmp_path)
 
 
 def test_loading_trained_weights_passes_loader_keywords_to_the_bases(tmp_path, tiny_random):

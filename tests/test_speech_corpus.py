@@ -278,6 +278,25 @@ def test_same_seed_same_metadata(corpus, tmp_path):
     assert plan_a != plan_b
 
 
+@needs_fortunes
+def test_some_train_and_validation_clips_read_several_sentences_and_test_clips_one():
+    sentences = msc.load_sentences()
+    plan = msc.plan_corpus(sentences, {"train": 200, "validation": 50, "test": 50}, seed=0)
+    known = set(sentences)
+    for split, clips in plan.items():
+        several = [clip for clip in clips if clip.text not in known]
+        if split == "test":
+            assert not several
+        else:
+            assert 0.15 < len(several) / len(clips) < 0.45  # LONG_FRACTION = 0.3
+    assert not any(
+        clip.text not in known
+        for clip in msc.plan_corpus(sentences, {"train": 50, "validation": 5, "test": 5}, seed=0, long_fraction=0.0)[
+            "train"
+        ]
+    )
+
+
 @needs_espeak
 @needs_fortunes
 def test_second_run_is_cached(corpus):

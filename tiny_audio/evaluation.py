@@ -24,11 +24,11 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 from configuration_asr import SAMPLING_RATE, from_pretrained_or_mirror
 from pipeline_asr import ASRPipeline
 from processing_asr import load_audio
+from tiny_audio.augmentation import SONIC_PI_DIR, coloured_noise, sonic_pi_samples
 from tiny_audio.data import SkipCounter, open_dataset, scan
 
 normalize = EnglishTextNormalizer({})
 NON_SPEECH_SECONDS = 6.0
-SONIC_PI_SAMPLES = Path("/usr/share/sonic-pi/samples")  # Debian package sonic-pi-samples
 
 
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
@@ -114,16 +114,6 @@ def evaluate_whisper(model_id: str, examples, batch_size: int = 16) -> dict:
     return score(WhisperTranscriber(model_id), examples, batch_size)
 
 
-def coloured_noise(rng: np.random.Generator, size: int, exponent: float, rms: float) -> np.ndarray:
-    """Noise whose amplitude spectrum falls as 1 / f**exponent (0: white, 1: brown), scaled to `rms`."""
-    spectrum = np.fft.rfft(rng.standard_normal(size))
-    frequencies = np.fft.rfftfreq(size)
-    spectrum[1:] /= frequencies[1:] ** exponent
-    spectrum[0] = 0
-    samples = np.fft.irfft(spectrum, size)
-    return samples * rms / np.sqrt(np.mean(samples**2))
-
-
 def synthetic_non_speech_clips(seed: int = 0, seconds: float = NON_SPEECH_SECONDS) -> dict[str, np.ndarray]:
     """Named, seeded noise and tone clips with no speech in them: the part of the non-speech set that needs no files."""
     rng = np.random.default_rng(seed)
@@ -133,9 +123,9 @@ def synthetic_non_speech_clips(seed: int = 0, seconds: float = NON_SPEECH_SECOND
         return 0.3 * sum(np.sin(2 * np.pi * f * t) for f in frequencies) / len(frequencies)
 
     clips = {
-        "white_noise": coloured_noise(rng, t.size, 0.0, 0.1),
-        "quiet_white_noise": coloured_noise(rng, t.size, 0.0, 0.003),
-        "brown_noise": coloured_noise(rng, t.size, 1.0, 0.1),
+        "white_noise": 0.1 * coloured_noise("white", t.size, rng),
+        "quiet_white_noise": 0.003 * coloured_noise("white", t.size, rng),
+        "brown_noise": 0.1 * coloured_noise("brown", t.size, rng),
         "tone_440hz": tone(440.0),
         "hum_100hz_harmonics": tone(100.0, 200.0, 300.0, 400.0),
         "beeping_1khz": tone(1000.0) * ((t % 1.0) < 0.2),
@@ -145,12 +135,12 @@ def synthetic_non_speech_clips(seed: int = 0, seconds: float = NON_SPEECH_SECOND
 
 
 def non_speech_clips(
-    seed: int = 0, seconds: float = NON_SPEECH_SECONDS, samples_dir: Path | None = SONIC_PI_SAMPLES
+    seed: int = 0, seconds: float = NON_SPEECH_SECONDS, samples_dir: Path | None = SONIC_PI_DIR
 ) -> dict[str, np.ndarray]:
     """The non-speech set: `synthetic_non_speech_clips` plus the music and drum loops (`loop_*.flac`) of
-    `samples_dir` where it exists, each repeated or cut to `seconds`."""
+    `samples_dir` (Debian's sonic-pi-samples) where it exists, each repeated or cut to `seconds`."""
     clips = synthetic_non_speech_clips(seed, seconds)
-    for path in sorted(Path(samples_dir).glob("loop_*.flac")) if samples_dir else []:
+    for path in sonic_pi_samples(("loop_",), samples_dir) if samples_dir else []:
         clips[f"sonic_pi_{path.stem}"] = np.resize(load_audio(str(path)), int(seconds * SAMPLING_RATE))
     return clips
 

@@ -32,27 +32,20 @@ class Preset:
     random_weights: bool = False
 
 
+TINY = {
+    "audio_model_id": "openai/whisper-tiny.en",
+    "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "system_prompt": "Transcribe speech.",  # short: SmolLM2's template otherwise adds a long default
+    "user_prompt": "<audio>",
+    "projector_hidden_size": 2048,  # the width the README's `tiny` results were trained with
+    "chunk_length_s": 15.0,  # the longest clips of the synthetic corpus: longer pieces are cut short
+}
+
 PRESETS = {
     "reference": Preset("reference"),
-    "tiny": Preset(
-        "tiny",
-        {
-            "audio_model_id": "openai/whisper-tiny.en",
-            "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-            "system_prompt": "Transcribe speech.",  # short: SmolLM2's template otherwise adds a long default
-            "user_prompt": "<audio>",
-            "projector_hidden_size": 2048,  # the width the README's `tiny` results were trained with
-        },
-    ),
-    "tiny-base": Preset(
-        "tiny-base",
-        {
-            "audio_model_id": "openai/whisper-base",  # 6 encoder layers of width 512 instead of tiny.en's 4 x 384
-            "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-            "system_prompt": "Transcribe speech.",
-            "user_prompt": "<audio>",
-        },
-    ),
+    "tiny": Preset("tiny", TINY),
+    # Whisper base: 6 encoder layers of width 512 instead of tiny.en's 4 x 384
+    "tiny-base": Preset("tiny-base", {**TINY, "audio_model_id": "openai/whisper-base"}),
     "tiny-random": Preset(
         "tiny-random",
         {

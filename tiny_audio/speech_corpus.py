@@ -10,7 +10,8 @@ babble, music, reverberation, telephone band).  The result is an audiofolder dat
     OUT/corpus.json                            arguments, engines used and counts, written last
 
 Test sentences never occur in train or validation, and every engine's held-out voices speak only in the test
-split.  Everything is drawn from one seeded RNG, and a rerun with the same arguments on a complete OUT does
+split.  LONG_FRACTION of the train and validation clips read two or three sentences in a row (up to ~15 s), so
+that a model also learns to keep transcribing past one sentence.  Everything is drawn from one seeded RNG, and a rerun with the same arguments on a complete OUT does
 nothing.  An engine that is not installed is skipped with a logged message (espeak-ng is required).
 
     python -m tiny_audio.speech_corpus data/speech --num-train 6000 --workers 8
@@ -47,6 +48,8 @@ FORMAT_VERSION = 2
 # CPU per clip (Kokoro most), so they get small shares that keep `make corpus` within minutes (benchmarks/README).
 ENGINE_SHARES = {"espeak": 45, "flite": 25, "hibari": 20, "piper": 8, "kokoro": 2}
 AUGMENT_FRACTION = 0.6
+LONG_FRACTION = 0.3
+SENTENCES_PER_LONG_CLIP = (2, 3)
 SPEED_RANGE = (0.85, 1.2)  # times each engine's normal rate
 BABBLE_VOICES = 3  # espeak-ng speakers behind a "babble" clip
 MIN_WORDS, MAX_WORDS = 4, 16
@@ -179,11 +182,13 @@ def plan_corpus(
     seed: int,
     shares: dict[str, float] | None = None,
     augment_fraction: float = AUGMENT_FRACTION,
+    long_fraction: float = LONG_FRACTION,
 ) -> dict[str, list[Clip]]:
     """Assign sentences, engines, voices, speeds, pitches and augmentations to every clip, reproducibly.
 
     Test and validation sentences are distinct and unused elsewhere; train cycles through the remaining
-    sentences (repeats get other voices and prosody).  Engines follow `shares` in a spread-out order and each
+    sentences (repeats get other voices and prosody).  A `long_fraction` of train and validation clips read the
+    next two or three sentences of their pool together; test clips stay single sentences.  Engines follow `shares` in a spread-out order and each
     engine's voices go round-robin, so even small splits cover them.
     """
     shares = shares or ENGINE_SHARES
@@ -208,6 +213,9 @@ def plan_corpus(
             turns[engine] += 1
             pitch_range = get_engine(engine).pitch_range
             recipe = draw_augmentation(rng, augment_fraction)
+            sentences_read = 1
+            if split != "test" and rng.random() < long_fraction:
+                sentences_read = int(rng.integers(SENTENCES_PER_LONG_CLIP[0], SENTENCES_PER_LONG_CLIP[1] + 1))
             babble = ()
             if recipe.noise == "babble":
                 babble = tuple(
@@ -218,7 +226,7 @@ def plan_corpus(
                 Clip(
                     split=split,
                     file_name=f"{i:06d}.flac",
-                    text=pool[split][i % len(pool[split])],
+                    text=" ".join(pool[split][(i + j) % len(pool[split])] for j in range(sentences_read)),
                     engine=engine,
                     voice=voice,
                     speed=round(float(rng.uniform(*SPEED_RANGE)), 2),
@@ -319,6 +327,7 @@ def build_corpus(
     seed: int = 0,
     engines: dict[str, float] | None = None,
     augment_fraction: float = AUGMENT_FRACTION,
+    long_fraction: float = LONG_FRACTION,
     workers: int | None = None,
 ) -> dict:
     """Build (or reuse, if already complete with the same settings) the corpus in `out`.
@@ -336,6 +345,7 @@ def build_corpus(
         "seed": seed,
         "engines": shares,
         "augment_fraction": augment_fraction,
+        "long_fraction": long_fraction,
     }
     if is_complete(out, settings):
         print(f"{out}: complete corpus with these settings already there, nothing to do")
@@ -344,7 +354,7 @@ def build_corpus(
     check_voices(Espeak.train_voices + Espeak.held_out_voices)
     sentences = load_sentences()
     print(f"{len(sentences)} distinct sentences, vocabulary of {len(vocabulary(sentences))} words")
-    plan = plan_corpus(sentences, counts, seed, shares, augment_fraction)
+    plan = plan_corpus(sentences, counts, seed, shares, augment_fraction, long_fraction)
 
     (out / "corpus.json").unlink(missing_ok=True)
     for split in SPLITS:
@@ -406,6 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     default_shares = ",".join(f"{name}:{share}" for name, share in ENGINE_SHARES.items())
     parser.add_argument("--engines", type=parse_shares, default=None, help=f"NAME:SHARE,... (default {default_shares})")
     parser.add_argument("--augment-fraction", type=float, default=AUGMENT_FRACTION, help="share of augmented clips")
+    parser.add_argument(
+        "--long-fraction", type=float, default=LONG_FRACTION, help="share of train/validation clips of 2-3 sentences"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes")
     args = parser.parse_args(argv)
     build_corpus(
@@ -416,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         engines=args.engines,
         augment_fraction=args.augment_fraction,
+        long_fraction=args.long_fraction,
         workers=args.workers,
     )
 
