@@ -69,4 +69,4 @@ def test_chunk_length_is_checked_and_the_tiny_presets_match_their_corpus():
     with pytest.raises(ValueError, match=r"chunk_length_s must lie in \(0, 30\] seconds, got 45"):
         ASRConfig(chunk_length_s=45)
     assert ASRConfig().chunk_length_s == 30
-    assert PRESETS["tiny"].config["chunk_length_s"] == PRESETS["tiny-base"].config["chunk_length_s"] == 15
+    assert PRESETS["tiny"].config["chunk_length_s"] == PRESETS["tiny-base"].config["chunk_length_s"] == 8

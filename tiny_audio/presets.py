@@ -38,7 +38,7 @@ TINY = {
     "system_prompt": "Transcribe speech.",  # short: SmolLM2's template otherwise adds a long default
     "user_prompt": "<audio>",
     "projector_hidden_size": 2048,  # the width the README's `tiny` results were trained with
-    "chunk_length_s": 15.0,  # the longest clips of the synthetic corpus: longer pieces are cut short
+    "chunk_length_s": 8.0,  # pieces near the corpus's clip lengths: longer ones come out cut short (README)
 }
 
 PRESETS = {
