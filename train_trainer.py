@@ -136,7 +136,7 @@ class ModelArguments:
         default="float32",
         metadata={
             "help": "dtype of the frozen encoder and LLM (bfloat16 is "
-            "about 1.5x faster on CPUs with avx512_bf16 and on GPUs); trained weights stay float32"
+            "faster on CPUs with avx512_bf16 and on GPUs); trained weights stay float32"
         },
     )
 

@@ -26,7 +26,7 @@ class EmbeddingCTCHead(nn.Module):
 
     def __init__(self, token_embeddings: torch.Tensor, init_scale: float = 10.0):
         super().__init__()
-        # bfloat16 similarities: ample precision for cosines, and ~3x faster on CPUs with avx512_bf16 and on GPUs
+        # bfloat16 similarities: ample precision for cosines, and faster on CPUs with avx512_bf16 and on GPUs
         self.register_buffer("classes", nn.functional.normalize(token_embeddings.float(), dim=-1).bfloat16())
         self.blank = nn.Parameter(torch.randn(token_embeddings.shape[1]) * 0.02)
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
