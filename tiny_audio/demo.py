@@ -16,7 +16,6 @@ from pathlib import Path
 from transformers import pipeline
 
 import train_trainer
-from pipeline_asr import ASRPipeline
 from tiny_audio.data import SkipCounter, open_dataset, scan
 from tiny_audio.evaluation import non_speech_clips, read_manifest, score, score_non_speech, word_error_rate
 
@@ -86,7 +85,7 @@ def main(argv=None) -> dict:
         )
     )
     real_speech = Path(args.real_speech) if args.real_speech else None
-    summary = score_demo_model(ASRPipeline(model=asr.model, processor=asr.processor), test, real_speech)
+    summary = score_demo_model(asr, test, real_speech)
     clip = test[0]
     hypothesis = asr(clip["audio"])["text"]
     summary.update(minutes_total=(time.monotonic() - start) / 60, minutes_training=train_minutes)
