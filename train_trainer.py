@@ -153,6 +153,13 @@ class RecipeArguments:
         },
     )
     ctc_batch_size: int = 16
+    ctc_auxiliary_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "keep stage 0's CTC loss on the projector during the LLM stage, with this weight (needs "
+            "--ctc_warmup_steps), so the projector stays readable token by token while it learns to prompt the LLM"
+        },
+    )
     cache_encoder_outputs: bool = field(default=False, metadata={"help": "run the frozen encoder once per clip"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop the LLM stage after this long"})
     eval_only: bool = field(default=False, metadata={"help": "evaluate the model (e.g. --init_from DIR), no training"})
@@ -215,13 +222,41 @@ class HubPush(TrainerCallback):
 
 
 class ASRTrainer(Trainer):
-    """Trainer whose evaluation adds generation-based `eval_wer` to `eval_loss`, and whose optimizer gives trained
-    encoder layers `encoder_learning_rate_scale` times the learning rate."""
+    """Trainer whose evaluation adds generation-based `eval_wer` to `eval_loss`, whose optimizer gives trained
+    encoder layers `encoder_learning_rate_scale` times the learning rate, and whose training loss may add
+    `ctc_auxiliary_weight` times the CTC loss of a `CTCWarmup`'s (frozen) head on the projector's output."""
 
-    def __init__(self, *args, wer_examples=None, encoder_learning_rate_scale: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        wer_examples=None,
+        encoder_learning_rate_scale: float = 1.0,
+        ctc_warmup: CTCWarmup | None = None,
+        ctc_auxiliary_weight: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.wer_examples = wer_examples
         self.encoder_learning_rate_scale = encoder_learning_rate_scale
+        self.ctc_warmup, self.ctc_auxiliary_weight = ctc_warmup, ctc_auxiliary_weight
+        if ctc_auxiliary_weight and ctc_warmup is None:
+            raise ValueError("--ctc_auxiliary_weight needs the CTC head of stage 0 (--ctc_warmup_steps > 0)")
+        if ctc_warmup is not None:
+            ctc_warmup.head.requires_grad_(False)  # the head of stage 0 is the fixed reference the projector keeps to
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not (self.ctc_auxiliary_weight and model.training):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        captured = {}
+        hook = model.projector.register_forward_hook(lambda module, args, output: captured.update(audio=output))
+        try:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        finally:
+            hook.remove()
+        projected, lengths = captured["audio"]
+        targets = self.ctc_warmup.targets_from_labels(inputs["labels"])
+        loss = loss + self.ctc_auxiliary_weight * self.ctc_warmup.loss(projected, lengths, targets)
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
         encoder = [p for p in trained_encoder_parameters(self.model) if p.requires_grad]
@@ -368,8 +403,9 @@ def prepare_train_data(model, processor, train_data, train_counter, recipe, data
     return train_data.add_column("cache_index", list(range(len(train_data)))), encoder_cache
 
 
-def run_ctc_warmup(model, processor, train_data, encoder_cache, recipe, data_args, seed, wer_examples) -> dict:
-    """Stage 0: CTC training of the projector; returns its stage record, with the greedy CTC WER on the eval clips."""
+def run_ctc_warmup(model, processor, train_data, encoder_cache, recipe, data_args, seed, wer_examples):
+    """Stage 0: CTC training of the projector; returns its stage record, with the greedy CTC WER on the eval clips,
+    and the `CTCWarmup` (whose head the LLM stage's auxiliary CTC loss uses)."""
     if data_args.streaming:
         raise ValueError("--ctc_warmup_steps needs a finite training set (no --streaming)")
     warmup = CTCWarmup(
@@ -388,7 +424,7 @@ def run_ctc_warmup(model, processor, train_data, encoder_cache, recipe, data_arg
         wer = word_error_rate([example["text"] for example in wer_examples], readings)
         stage["greedy_ctc_wer"] = round(wer, 4)
         logger.info(f"greedy CTC reading after stage 0: WER {wer:.1%} on {len(wer_examples)} eval clips")
-    return stage
+    return stage, warmup
 
 
 def train_llm(trainer: ASRTrainer, resume_from_checkpoint) -> tuple[dict, dict]:
@@ -424,13 +460,12 @@ def main(argv: list[str] | None = None) -> dict:
         model, processor, train_data, train_counter, recipe, data_args, training_args
     )
 
-    stages = []
+    stages, warmup = [], None
     if recipe.ctc_warmup_steps and not training_args.resume_from_checkpoint:
-        stages.append(
-            run_ctc_warmup(
-                model, processor, train_data, encoder_cache, recipe, data_args, training_args.seed, wer_examples
-            )
+        stage, warmup = run_ctc_warmup(
+            model, processor, train_data, encoder_cache, recipe, data_args, training_args.seed, wer_examples
         )
+        stages.append(stage)
     trainer = ASRTrainer(
         model=model,
         args=training_args,
@@ -440,6 +475,8 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         wer_examples=wer_examples,
         encoder_learning_rate_scale=recipe.encoder_learning_rate_scale,
+        ctc_warmup=warmup,
+        ctc_auxiliary_weight=recipe.ctc_auxiliary_weight,
     )
     if recipe.max_train_minutes:
         trainer.add_callback(TimeBudget(recipe.max_train_minutes))

@@ -277,6 +277,36 @@ def test_trained_encoder_layers_get_a_scaled_learning_rate_in_both_stages(tmp_pa
         assert sum(len(group["params"]) for group in optimizer.param_groups) == len(rates)
 
 
+def test_ctc_auxiliary_loss_adds_the_weighted_ctc_loss_of_the_llm_batch(tmp_path):
+    from transformers import TrainingArguments
+
+    from tiny_audio.ctc_warmup import CTCWarmup
+    from train_trainer import ASRTrainer
+
+    model, processor = build("tiny-random")
+    dataset = scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0)
+    warmup = CTCWarmup(model, processor, dataset)
+    batch = ASRCollator(processor)(list(dataset))
+    assert [t.tolist() for t in warmup.targets_from_labels(batch["labels"])] == [t.tolist() for t in warmup.targets]
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    losses = {}
+    for weight in (0.0, 0.5):
+        trainer = ASRTrainer(
+            model=model, args=args, processing_class=processor, ctc_warmup=warmup, ctc_auxiliary_weight=weight
+        )
+        model.train()
+        with torch.no_grad():
+            losses[weight] = trainer.compute_loss(model, dict(batch))
+    with torch.no_grad():
+        projected, lengths = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+        ctc = warmup.loss(projected, lengths, warmup.targets)
+    assert ctc > 0
+    torch.testing.assert_close(losses[0.5], losses[0.0] + 0.5 * ctc)
+    assert not any(p.requires_grad for p in warmup.head.parameters())  # stage 0's head is the fixed reference
+    with pytest.raises(ValueError, match="ctc_warmup_steps"):
+        ASRTrainer(model=model, args=args, processing_class=processor, ctc_auxiliary_weight=0.5)
+
+
 def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatch):
     import hub_push
 

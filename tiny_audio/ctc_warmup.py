@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from processing_asr import load_audio
+from processing_asr import IGNORE_INDEX, load_audio
 from tiny_audio.data import length_grouped_batches
 from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parameters
 
@@ -55,8 +55,8 @@ class CTCWarmup:
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
         targets = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in dataset["text"]]
         self.vocab = sorted({token for row in targets for token in row})
-        to_class = {token: position + 1 for position, token in enumerate(self.vocab)}
-        self.targets = [torch.tensor([to_class[token] for token in row]) for row in targets]
+        self.class_of = {token: position + 1 for position, token in enumerate(self.vocab)}
+        self.targets = [torch.tensor([self.class_of[token] for token in row]) for row in targets]
         embeddings = model.get_input_embeddings().weight[self.vocab].detach()
         self.head = EmbeddingCTCHead(embeddings).to(model.projector.conv1.weight.device)
         self.audio_parameters = audio_parameters(model)
@@ -77,18 +77,29 @@ class CTCWarmup:
         batch = self.processor(audio=[load_audio(self.dataset[i]["audio"]) for i in indices])
         return self.model.get_audio_features(batch["input_features"], batch["input_features_mask"])
 
-    def step(self, indices: list[int]) -> float:
-        projected, lengths = self._audio_embeddings(indices)
+    def loss(self, projected: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """CTC loss of projector outputs (batch, frames, llm_dim) with valid `lengths` against class `targets`."""
         log_probs = self.head(projected).log_softmax(-1).transpose(0, 1)
-        targets = [self.targets[i] for i in indices]
-        loss = nn.functional.ctc_loss(
+        return nn.functional.ctc_loss(
             log_probs,
-            torch.cat(targets),
+            torch.cat(targets).to(log_probs.device),
             lengths,
             torch.tensor([len(t) for t in targets]),
             blank=BLANK,
             zero_infinity=True,
         )
+
+    def targets_from_labels(self, labels: torch.Tensor) -> list[torch.Tensor]:
+        """CTC class targets of an LLM batch's labels: each row's transcript tokens, without the end-of-turn token."""
+        rows = [row[row != IGNORE_INDEX][:-1].tolist() for row in labels]
+        unknown = sorted({token for row in rows for token in row if token not in self.class_of})
+        if unknown:
+            raise ValueError(f"transcript tokens {unknown[:10]} are not among the training transcripts' tokens")
+        return [torch.tensor([self.class_of[token] for token in row], dtype=torch.long) for row in rows]
+
+    def step(self, indices: list[int]) -> float:
+        projected, lengths = self._audio_embeddings(indices)
+        loss = self.loss(projected, lengths, [self.targets[i] for i in indices])
         self.optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.audio_parameters, 1.0)

@@ -1,0 +1,99 @@
+"""How well the audio frames alone read: train stage 0 (the projector's CTC warm-up) and nothing else, then score the
+greedy CTC reading on the synthetic validation split and on real recordings.
+
+    python -m benchmarks.ctc_readout --model_preset tiny-base --real_speech ../shared/speech
+
+Stage 0 costs a fraction of a full run (no LLM forward), so it is the cheap A/B for what happens before the LLM:
+encoder, corpus size, trained encoder layers. Real recordings longer than `--piece_seconds` are split at quiet points,
+as the pipeline splits them. Results go to benchmarks/results/ctc_readout-<preset>.json (and .md).
+"""
+
+import argparse
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmarks.common import machine_info, write_results
+from configuration_asr import SAMPLING_RATE
+from pipeline_asr import split_at_quiet_points
+from processing_asr import load_audio
+from tiny_audio.ctc_warmup import CTCWarmup
+from tiny_audio.data import SkipCounter, build_encoder_cache, open_dataset, scan
+from tiny_audio.evaluation import read_manifest, word_error_rate
+from tiny_audio.presets import build
+
+
+def read_clip(warmup: CTCWarmup, clip, piece_seconds: float) -> str:
+    """Greedy CTC reading of a clip of any length, piece by piece."""
+    max_samples = int(piece_seconds * SAMPLING_RATE)
+    pieces = [piece for _, piece in split_at_quiet_points([clip], max_samples, max_samples * 2 // 3)]
+    return " ".join(warmup.transcribe(pieces))
+
+
+def readout_wer(warmup: CTCWarmup, examples: list[dict], piece_seconds: float) -> float:
+    readings = [read_clip(warmup, load_audio(example["audio"]), piece_seconds) for example in tqdm(examples)]
+    return word_error_rate([example["text"] for example in examples], readings)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_preset", default="tiny", help="tiny (Whisper tiny.en) or tiny-base (Whisper base)")
+    parser.add_argument("--corpus", default="outputs/speech_corpus")
+    parser.add_argument("--train_samples", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--trained_encoder_layers", type=int, default=0)
+    parser.add_argument("--validation_samples", type=int, default=100)
+    parser.add_argument("--real_speech", default=None, help="folder with manifest.jsonl, e.g. ../shared/speech")
+    parser.add_argument("--piece_seconds", type=float, default=28.0)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    model, processor = build(
+        args.model_preset, dtype=torch.bfloat16, trained_encoder_layers=args.trained_encoder_layers
+    )
+    train = scan(
+        open_dataset(args.corpus, None, "train", "audio", "text", False), SkipCounter("train"), 30.0, args.train_samples
+    )
+    start = time.perf_counter()
+    cache = build_encoder_cache(model, processor, train)
+    cache_seconds = time.perf_counter() - start
+    warmup = CTCWarmup(model, processor, train, cache, args.batch_size, args.learning_rate, 0.1)
+    start = time.perf_counter()
+    warmup.train(args.steps)
+    result = {"cache_seconds": cache_seconds, "train_seconds": time.perf_counter() - start}
+
+    model.projector.eval()
+    validation = scan(
+        open_dataset(args.corpus, None, "validation", "audio", "text", False),
+        SkipCounter("validation"),
+        30.0,
+        args.validation_samples,
+    )
+    result["validation_wer"] = readout_wer(warmup, list(validation), args.piece_seconds)
+    if args.real_speech:
+        result["real_speech_wer"] = readout_wer(warmup, read_manifest(args.real_speech), args.piece_seconds)
+    scores = [("synthetic validation", result["validation_wer"])]
+    scores += [(f"real speech ({args.real_speech})", result["real_speech_wer"])] if args.real_speech else []
+    path = write_results(
+        f"ctc_readout-{args.model_preset}",
+        {
+            "title": f"Greedy CTC reading after stage 0 alone ({args.model_preset})",
+            "machine": machine_info(torch.device("cpu")),
+            "settings": vars(args),
+            "result": result,
+            "tables": [{"headers": ["clips", "WER"], "rows": [[name, f"{wer:.1%}"] for name, wer in scores]}],
+            "notes": [
+                f"{args.steps} CTC steps of batch {args.batch_size} on {args.train_samples} clips of {args.corpus}: "
+                f"{result['train_seconds'] / 60:.1f} min, encoder cache {result['cache_seconds'] / 60:.1f} min"
+            ],
+        },
+    )
+    print(f"{', '.join(f'{name}: {wer:.1%}' for name, wer in scores)}\nresults: {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
