@@ -48,6 +48,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--validation_samples", type=int, default=100)
     parser.add_argument("--real_speech", default=None, help="folder with manifest.jsonl, e.g. ../shared/speech")
     parser.add_argument("--piece_seconds", type=float, default=28.0)
+    parser.add_argument("--save_to", default=None, help="save the model after stage 0 here (for --init_from)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -66,6 +67,9 @@ def main(argv=None) -> dict:
     result = {"cache_seconds": cache_seconds, "train_seconds": time.perf_counter() - start}
 
     model.projector.eval()
+    if args.save_to:
+        model.save_pretrained(args.save_to)
+        processor.save_pretrained(args.save_to)
     validation = scan(
         open_dataset(args.corpus, None, "validation", "audio", "text", False),
         SkipCounter("validation"),
