@@ -244,7 +244,7 @@ class ASRTrainer(Trainer):
         self.ctc_warmup, self.ctc_auxiliary_weight = ctc_warmup, ctc_auxiliary_weight
         if ctc_auxiliary_weight and ctc_warmup is None:
             raise ValueError("--ctc_auxiliary_weight needs the CTC head of stage 0 (--ctc_warmup_steps > 0)")
-        if ctc_warmup is not None:
+        if ctc_auxiliary_weight:
             ctc_warmup.head.requires_grad_(False)  # the head of stage 0 is the fixed reference the projector keeps to
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         wer_examples=wer_examples,
         encoder_learning_rate_scale=recipe.encoder_learning_rate_scale,
-        ctc_warmup=warmup,
+        ctc_warmup=warmup if recipe.ctc_auxiliary_weight else None,  # else its optimizer state need not stay alive
         ctc_auxiliary_weight=recipe.ctc_auxiliary_weight,
     )
     if recipe.max_train_minutes:
