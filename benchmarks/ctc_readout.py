@@ -5,7 +5,8 @@ greedy CTC reading on the synthetic validation split and on real recordings.
 
 Stage 0 costs a fraction of a full run (no LLM forward), so it is the cheap A/B for what happens before the LLM:
 encoder, corpus size, trained encoder layers. Real recordings longer than `--piece_seconds` are split at quiet points,
-as the pipeline splits them. Results go to benchmarks/results/ctc_readout-<preset>.json (and .md).
+as the pipeline splits them. Results go to
+benchmarks/results/ctc_readout-<preset>[-trained-encoder-N].json and .md.
 """
 
 import argparse
@@ -82,7 +83,8 @@ def main(argv=None) -> dict:
     scores = [("synthetic validation", result["validation_wer"])]
     scores += [(f"real speech ({args.real_speech})", result["real_speech_wer"])] if args.real_speech else []
     path = write_results(
-        f"ctc_readout-{args.model_preset}",
+        f"ctc_readout-{args.model_preset}"
+        + (f"-trained-encoder-{args.trained_encoder_layers}" if args.trained_encoder_layers else ""),
         {
             "title": f"Greedy CTC reading after stage 0 alone ({args.model_preset})",
             "machine": machine_info(torch.device("cpu")),
