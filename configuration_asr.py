@@ -42,6 +42,7 @@ PROCESSOR_SETTINGS = ("audio_token", "system_prompt", "user_prompt", "pad_audio_
 DEFAULT_AUDIO_TOKEN = "<audio>"
 DEFAULT_SYSTEM_PROMPT = "/no_think"  # SmolLM3's switch to answer without a reasoning block
 DEFAULT_USER_PROMPT = f"Transcribe the audio: {DEFAULT_AUDIO_TOKEN}"
+PROJECTOR_OUTPUTS = ("embeddings", "ctc_tokens")
 
 
 def check_user_prompt(user_prompt: str, audio_token: str) -> None:
@@ -119,6 +120,9 @@ class ASRConfig(PreTrainedConfig):
         base_seed (`int`): seed of random base weights where an id is `None` (offline smoke models).
         projector_hidden_size (`int`): width of the projector's convolutions' output MLP (defaults to the LLM width).
         projector_init_scale (`float`): RMS of the projector output at initialisation (matched to the embeddings).
+        projector_output (`str`): what the LLM gets from the projector: `"embeddings"`, its output as is, or
+            `"ctc_tokens"`, the input embedding of the token that the projector's CTC readout (`TokenReadout`, trained
+            by the CTC warm-up) hears in each frame. The LLM stage then trains only LoRA (argmax passes no gradient).
         audio_token (`str`): placeholder the processor expands to one token per audio frame.
         audio_token_id (`int`): its id in the tokenizer (may lie outside the LLM's embedding table; never embedded).
         system_prompt / user_prompt (`str`): the chat prompt; `user_prompt` must contain `audio_token`.
@@ -180,6 +184,7 @@ class ASRConfig(PreTrainedConfig):
     base_seed: int | None = None
     projector_hidden_size: int | None = None
     projector_init_scale: float | None = None
+    projector_output: str = "embeddings"
     audio_token: str = DEFAULT_AUDIO_TOKEN
     audio_token_id: int | None = None
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
@@ -201,6 +206,8 @@ class ASRConfig(PreTrainedConfig):
         check_user_prompt(self.user_prompt, self.audio_token)
         if self.projector_hidden_size is None:
             self.projector_hidden_size = self.text_config.hidden_size
+        if self.projector_output not in PROJECTOR_OUTPUTS:
+            raise ValueError(f"projector_output must be one of {PROJECTOR_OUTPUTS}, got {self.projector_output!r}")
         if not 0 <= self.trained_encoder_layers <= self.audio_config.encoder_layers:
             raise ValueError(
                 f"trained_encoder_layers must lie in [0, {self.audio_config.encoder_layers}] (the encoder's depth), "

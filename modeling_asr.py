@@ -1,5 +1,6 @@
 """Tiny Audio speech-LLM: frozen Whisper encoder -> trained projector -> frozen decoder-only LLM."""
 
+import math
 import shutil
 from pathlib import Path
 
@@ -138,8 +139,50 @@ class SplitWhisperEncoder(WhisperEncoder):
         return hidden_states
 
 
+class TokenReadout(nn.Module):
+    """Reads projector frames as a CTC posterior over [blank] + the LLM tokens marked in `token_mask`: scaled cosine
+    similarity with their input embeddings, plus a learned blank. Stage 0 trains it with CTC.
+
+    With `projector_output="ctc_tokens"` it also feeds the LLM: each frame becomes the input embedding of its most
+    likely token (zeros for blank). The LLM then reads inputs of its own kind whatever the voice, instead of
+    projector frames that drift off its inputs on speech unlike the training voices."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, init_scale: float = 10.0):
+        super().__init__()
+        self.register_buffer("token_mask", torch.zeros(vocab_size, dtype=torch.bool))
+        self.blank = nn.Parameter(torch.randn(hidden_size) * 0.02)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        """The LLM token id of each class after blank (class i + 1 is token_ids[i]), in increasing order."""
+        return self.token_mask.nonzero().squeeze(-1)
+
+    @torch.no_grad()
+    def set_tokens(self, token_ids: list[int]) -> None:
+        self.token_mask.zero_()
+        self.token_mask[token_ids] = True
+
+    def forward(self, frames: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, llm_dim) -> CTC logits (batch, frames, 1 + tokens); `token_embeddings`: the LLM's table."""
+        classes = torch.cat([self.blank[None], token_embeddings[self.token_ids].float()])
+        # bfloat16 similarities: ample precision for cosines, and fast on CPUs with avx512_bf16 and on GPUs
+        classes = nn.functional.normalize(classes, dim=-1).bfloat16()
+        scaled = nn.functional.normalize(frames.float(), dim=-1) * self.log_scale.exp()
+        return (scaled.bfloat16() @ classes.T).float()
+
+    def greedy_embeddings(self, frames: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, llm_dim) -> the input embedding of each frame's most likely token (zeros for blank)."""
+        if not self.token_mask.any():
+            raise ValueError("the projector's token readout has no tokens yet: train it with the CTC warm-up first")
+        blank = token_embeddings.new_zeros(1, token_embeddings.shape[1])
+        table = torch.cat([blank, token_embeddings[self.token_ids]])
+        return table[self(frames, token_embeddings).argmax(-1)]
+
+
 class AudioProjector(nn.Module):
-    """Two stride-2 convolutions (4x fewer frames), then Linear -> GELU -> Linear -> RMSNorm into the LLM's width."""
+    """Two stride-2 convolutions (4x fewer frames), then Linear -> GELU -> Linear -> RMSNorm into the LLM's width;
+    with `projector_output="ctc_tokens"`, a `TokenReadout` that the model applies on top."""
 
     def __init__(self, config: ASRConfig):
         super().__init__()
@@ -150,6 +193,9 @@ class AudioProjector(nn.Module):
         self.act = nn.GELU()
         self.linear2 = nn.Linear(config.projector_hidden_size, llm_dim)
         self.norm = nn.RMSNorm(llm_dim, eps=1e-6)
+        self.readout = (
+            TokenReadout(config.text_config.vocab_size, llm_dim) if config.projector_output == "ctc_tokens" else None
+        )
 
     def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, frames, audio_dim) with valid lengths -> (batch, frames / 4, llm_dim) and their valid lengths."""
@@ -383,7 +429,14 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     def get_audio_features(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
         """Mel features (batch, mels, frames), or cached outputs of the frozen encoder layers
-        `{"audio": (hidden_states, lengths)}`, -> projected audio embeddings (batch, tokens, llm_dim) and lengths."""
+        `{"audio": (hidden_states, lengths)}`, -> the LLM's audio embeddings (batch, tokens, llm_dim) and lengths."""
+        frames, lengths = self.project_audio(input_features, input_features_mask, mm_encoder_outputs)
+        if self.projector.readout is not None:
+            frames = self.projector.readout.greedy_embeddings(frames, self.get_input_embeddings().weight)
+        return frames, lengths
+
+    def project_audio(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
+        """`get_audio_features` up to the projector's output (before any `TokenReadout`)."""
         if mm_encoder_outputs is not None:
             hidden_states, lengths = mm_encoder_outputs["audio"]
         else:
@@ -504,4 +557,4 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 ASRConfig.register_for_auto_class()
 ASRModel.register_for_auto_class("AutoModel")
 
-__all__ = ["ASRModel", "ASRPreTrainedModel", "AudioProjector", "SplitWhisperEncoder"]
+__all__ = ["ASRModel", "ASRPreTrainedModel", "AudioProjector", "SplitWhisperEncoder", "TokenReadout"]

@@ -65,7 +65,7 @@ PRESETS = {
         "use_cpu": True,
     },
     "tiny": {
-        "model_preset": "tiny-base",  # Whisper base: it beat tiny.en on real speech in the demo's budget (README)
+        "model_preset": "tiny-base-tokens",  # beat tiny-base and tiny on real speech in the demo's budget (README)
         "dataset_name": "outputs/speech_corpus",
         "eval_split_name": "validation",
         "base_dtype": "bfloat16",
@@ -119,7 +119,10 @@ PRESETS = {
 class ModelArguments:
     model_preset: str = field(
         default="tiny",
-        metadata={"help": "model build: reference, tiny (Whisper tiny.en), tiny-base (Whisper base) or tiny-random"},
+        metadata={
+            "help": "model build: reference, tiny (Whisper tiny.en), tiny-base (Whisper base), tiny-base-tokens (Whisper "
+            "base, the LLM reads stage 0's CTC tokens) or tiny-random"
+        },
     )
     init_from: str | None = field(default=None, metadata={"help": "start from the weights of an earlier checkpoint"})
     lora_rank: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA)"})
@@ -127,12 +130,24 @@ class ModelArguments:
     lora_dropout: float = 0.0
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "comma-separated module names"})
     freeze_projector: bool = field(
-        default=False, metadata={"help": "train only the LoRA adapters (not the projector nor trained encoder layers)"}
+        default=False,
+        metadata={
+            "help": "the LLM stage trains only the LoRA adapters, not the projector nor trained encoder layers "
+            "(stage 0 still trains them)"
+        },
     )
     trained_encoder_layers: int = field(
         default=0,
         metadata={
             "help": "a fresh model's top N Whisper encoder layers train too (the frozen ones below stay cacheable)"
+        },
+    )
+    projector_output: str | None = field(
+        default=None,
+        metadata={
+            "help": "a fresh model's input to the LLM, when not the model preset's: embeddings (the projector's "
+            "output) or ctc_tokens (the embedding of the token that stage 0's CTC readout hears in each frame; needs "
+            "--ctc_warmup_steps)"
         },
     )
     base_dtype: str = field(
@@ -297,7 +312,7 @@ def parse_args(argv: list[str]):
 
 
 def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
-    """A new model for the preset, or the weights of `--init_from`; then LoRA and freezing as asked."""
+    """A new model for the preset, or the weights of `--init_from` (then LoRA as asked)."""
     targets = model_args.lora_target_modules.split(",")
     dtype = getattr(torch, model_args.base_dtype)
     if model_args.init_from:
@@ -314,10 +329,8 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
             lora_dropout=model_args.lora_dropout,
             lora_target_modules=targets,
             trained_encoder_layers=model_args.trained_encoder_layers,
+            **({"projector_output": model_args.projector_output} if model_args.projector_output else {}),
         )
-    if model_args.freeze_projector:
-        for parameter in audio_parameters(model):
-            parameter.requires_grad_(False)
     return model, processor
 
 
@@ -456,6 +469,11 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     model, processor = build_model(model_args)
+    reads_tokens = model.config.projector_output == "ctc_tokens"  # argmax: the LLM loss reaches no projector weight
+    if reads_tokens and not model.config.lora_rank and not recipe.eval_only:
+        raise ValueError(
+            "a model whose LLM reads CTC tokens (ctc_tokens) trains only LoRA in the LLM stage: set --lora_rank"
+        )
     logger.info(f"trainable parameters: {trainable_parameters(model):,}")
     train_data, train_counter, eval_data = load_data(data_args, training_args)
     wer_examples = list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None
@@ -469,6 +487,9 @@ def main(argv: list[str] | None = None) -> dict:
             model, processor, train_data, encoder_cache, recipe, data_args, training_args.seed, wer_examples
         )
         stages.append(stage)
+    if model_args.freeze_projector or reads_tokens:
+        for parameter in audio_parameters(model):
+            parameter.requires_grad_(False)
     trainer = ASRTrainer(
         model=model,
         args=training_args,

@@ -70,3 +70,9 @@ def test_chunk_length_is_checked_and_the_tiny_presets_match_their_corpus():
         ASRConfig(chunk_length_s=45)
     assert ASRConfig().chunk_length_s == 30
     assert PRESETS["tiny"].config["chunk_length_s"] == PRESETS["tiny-base"].config["chunk_length_s"] == 8
+    assert PRESETS["tiny-base-tokens"].config["chunk_length_s"] == 15
+
+
+def test_unknown_projector_output_is_a_clear_error():
+    with pytest.raises(ValueError, match="projector_output must be one of"):
+        ASRConfig(projector_output="logits")

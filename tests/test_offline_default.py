@@ -47,17 +47,19 @@ def test_tiny_preset_trains_saves_small_and_reloads_through_the_pipeline(tmp_pat
     assert "eval_wer" in metrics
     config = json.loads((output / "config.json").read_text())
     assert config["audio_model_id"] == WHISPER_BASE_ID and config["text_model_id"] == SMOLLM2_ID
+    assert config["projector_output"] == "ctc_tokens" and config["chunk_length_s"] == 15
     assert config["trained_weights_only"] and (output / "model.safetensors").stat().st_size < 30e6  # not 600 MB
     script = textwrap.dedent(f"""
         import importlib.util
+        import json
         from transformers import pipeline
         assert importlib.util.find_spec("modeling_asr") is None
         asr = pipeline("automatic-speech-recognition", model={str(output)!r}, trust_remote_code=True)
-        print(repr(asr({str(corpus / "test" / "000000.flac")!r})["text"]))
+        print(json.dumps(asr({str(corpus / "test" / "000000.flac")!r})["text"]))
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().startswith("'")
+    assert isinstance(json.loads(result.stdout.strip().splitlines()[-1]), str)

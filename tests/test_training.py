@@ -15,6 +15,7 @@ import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
+from processing_asr import ASRProcessor
 from tiny_audio.data import ASRCollator, SkipCounter, build_encoder_cache, scan, synthetic_tones, tone_clip
 from tiny_audio.presets import build
 from train_trainer import main
@@ -235,6 +236,19 @@ def test_ctc_warmup_then_lora_stage_from_an_earlier_checkpoint(tmp_path):
     assert json.loads((stage2 / "config.json").read_text())["lora_rank"] == 4
 
 
+def test_frozen_projector_is_trained_by_stage_0_and_left_alone_by_the_llm_stage(tmp_path):
+    common = ["--ctc_warmup_steps", "4", "--ctc_batch_size", "4", "--eval_split_name", "", "--lora_rank", "4"]
+    run(tmp_path / "one", *common, "--max_steps", "1", "--freeze_projector", "true")
+    run(tmp_path / "three", *common, "--max_steps", "3", "--freeze_projector", "true", "--learning_rate", "1e-2")
+    one, three = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "three" / "model.safetensors")
+    fresh = build("tiny-random")[0].state_dict()
+    projector = [name for name in one if name.startswith("projector.")]
+    assert projector and all(torch.equal(one[name], three[name]) for name in projector)
+    assert not torch.equal(one["projector.linear1.weight"], fresh["projector.linear1.weight"])
+    lora = [name for name in one if "lora_B" in name]
+    assert lora and not all(torch.equal(one[name], three[name]) for name in lora)
+
+
 def test_ctc_warmup_and_llm_stage_train_the_top_encoder_layer_over_cached_outputs(tmp_path):
     run(
         tmp_path,
@@ -305,6 +319,51 @@ def test_ctc_auxiliary_loss_adds_the_weighted_ctc_loss_of_the_llm_batch(tmp_path
     assert not any(p.requires_grad for p in warmup.head.parameters())  # stage 0's head is the fixed reference
     with pytest.raises(ValueError, match="ctc_warmup_steps"):
         ASRTrainer(model=model, args=args, processing_class=processor, ctc_auxiliary_weight=0.5)
+
+
+def test_ctc_tokens_model_hands_the_llm_the_embeddings_of_the_tokens_stage_0_hears(tmp_path):
+    """With projector_output=ctc_tokens, stage 0 trains the model's own readout, which is saved and reloaded; every
+    audio frame reaches the LLM as the input embedding of its greedy CTC token, zeros for blank."""
+    from modeling_asr import ASRModel
+
+    stage_0 = ["--projector_output", "ctc_tokens", "--ctc_warmup_steps", "4", "--ctc_batch_size", "4"]
+    with pytest.raises(ValueError, match="trains only LoRA in the LLM stage: set --lora_rank"):
+        run(tmp_path, *stage_0)
+    run(tmp_path, *stage_0, "--lora_rank", "4", "--max_steps", "1", "--eval_split_name", "")
+    run(tmp_path / "llm", "--init_from", str(tmp_path), "--max_steps", "1", "--eval_split_name", "")
+    saved = load_file(tmp_path / "llm" / "model.safetensors")
+    assert saved["projector.readout.token_mask"].any()
+
+    model = ASRModel.from_pretrained(tmp_path / "llm")
+    readout = model.projector.readout
+    assert torch.equal(readout.token_mask, saved["projector.readout.token_mask"])
+    processor = ASRProcessor.from_pretrained(tmp_path / "llm")
+    batch = processor(audio=[tone_clip(["one", "red", "cat"]), tone_clip(["sun"])])
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        frames, lengths = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+        greedy, _ = model.project_audio(batch["input_features"], batch["input_features_mask"])
+        classes = readout(greedy, embeddings).argmax(-1)
+    for row, classes_row, length in zip(frames, classes, lengths):
+        for frame, class_index in zip(row[:length], classes_row[:length]):
+            expected = embeddings[readout.token_ids[class_index - 1]] if class_index else torch.zeros_like(frame)
+            assert torch.equal(frame, expected)
+
+
+def test_ctc_warmup_trains_a_ctc_tokens_model_s_own_readout():
+    from tiny_audio.ctc_warmup import CTCWarmup
+
+    model, processor = build("tiny-random", projector_output="ctc_tokens")
+    with pytest.raises(ValueError, match="token readout has no tokens yet"):
+        batch = processor(audio=[tone_clip(["one", "two"])])
+        model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+    dataset = scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0)
+    warmup = CTCWarmup(model, processor, dataset)
+    assert warmup.head is model.projector.readout
+    assert warmup.head.token_ids.tolist() == warmup.vocab
+    optimized = [p for group in warmup.optimizer.param_groups for p in group["params"]]
+    assert len({id(p) for p in optimized}) == len(optimized)
+    assert {id(p) for p in model.projector.readout.parameters()} <= {id(p) for p in optimized}
 
 
 def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatch):

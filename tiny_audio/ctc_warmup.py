@@ -1,9 +1,11 @@
 """Stage 0: warm-start the projector with CTC against the LLM's own frozen token embeddings.
 
 A projector trained from scratch into a frozen LLM sits on an "ignore the audio" plateau for a long time. Here each
-audio frame is pushed towards the embedding of the token spoken there: the classes are the LLM's input embeddings
-(cosine similarity times a learned scale, plus a learned blank), restricted to the tokens of the training transcripts.
-No LLM forward runs, so a step costs a small fraction of a normal one.
+audio frame is pushed towards the embedding of the token spoken there: the classes of a `TokenReadout` are the LLM's
+input embeddings (cosine similarity times a learned scale, plus a learned blank), restricted to the tokens of the
+training transcripts. No LLM forward runs, so a step costs a small fraction of a normal one. A model with
+`projector_output="ctc_tokens"` keeps that readout, and feeds the LLM what it reads; otherwise it is dropped after
+training.
 """
 
 import logging
@@ -13,28 +15,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from modeling_asr import TokenReadout
 from processing_asr import IGNORE_INDEX, load_audio
 from tiny_audio.data import length_grouped_batches
 from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parameters
 
 logger = logging.getLogger(__name__)
 BLANK = 0
-
-
-class EmbeddingCTCHead(nn.Module):
-    """Logits over [blank] + a subset of the LLM's token embeddings, by scaled cosine similarity."""
-
-    def __init__(self, token_embeddings: torch.Tensor, init_scale: float = 10.0):
-        super().__init__()
-        # bfloat16 similarities: ample precision for cosines, and faster on CPUs with avx512_bf16 and on GPUs
-        self.register_buffer("classes", nn.functional.normalize(token_embeddings.float(), dim=-1).bfloat16())
-        self.blank = nn.Parameter(torch.randn(token_embeddings.shape[1]) * 0.02)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        classes = torch.cat([nn.functional.normalize(self.blank, dim=-1).bfloat16()[None], self.classes])
-        scaled = nn.functional.normalize(hidden_states.float(), dim=-1) * self.log_scale.exp()
-        return (scaled.bfloat16() @ classes.T).float()
 
 
 class CTCWarmup:
@@ -57,11 +44,15 @@ class CTCWarmup:
         self.vocab = sorted({token for row in targets for token in row})
         self.class_of = {token: position + 1 for position, token in enumerate(self.vocab)}
         self.targets = [torch.tensor([self.class_of[token] for token in row]) for row in targets]
-        embeddings = model.get_input_embeddings().weight[self.vocab].detach()
-        self.head = EmbeddingCTCHead(embeddings).to(model.projector.conv1.weight.device)
+        self.head = model.projector.readout
+        if self.head is None:
+            llm_embeddings = model.get_input_embeddings().weight
+            self.head = TokenReadout(*llm_embeddings.shape).to(model.projector.conv1.weight.device)
+        self.head.set_tokens(self.vocab)
         self.audio_parameters = audio_parameters(model)
         encoder = trained_encoder_parameters(model)
-        groups = [{"params": [*model.projector.parameters(), *self.head.parameters()], "lr": learning_rate}]
+        head = [] if model.projector.readout is not None else list(self.head.parameters())  # else among the projector's
+        groups = [{"params": [*model.projector.parameters(), *head], "lr": learning_rate}]
         groups += [{"params": encoder, "lr": learning_rate * encoder_lr_scale}] if encoder else []
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         for group in self.optimizer.param_groups:
@@ -73,13 +64,13 @@ class CTCWarmup:
             cached = [self.encoder_cache[i]["hidden_states"] for i in indices]
             lengths = torch.tensor([c.shape[0] for c in cached])
             hidden = nn.utils.rnn.pad_sequence(cached, batch_first=True).float()
-            return self.model.get_audio_features(mm_encoder_outputs={"audio": (hidden, lengths)})
+            return self.model.project_audio(mm_encoder_outputs={"audio": (hidden, lengths)})
         batch = self.processor(audio=[load_audio(self.dataset[i]["audio"]) for i in indices])
-        return self.model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+        return self.model.project_audio(batch["input_features"], batch["input_features_mask"])
 
     def loss(self, projected: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
         """CTC loss of projector outputs (batch, frames, llm_dim) with valid `lengths` against class `targets`."""
-        log_probs = self.head(projected).log_softmax(-1).transpose(0, 1)
+        log_probs = self.head(projected, self.model.get_input_embeddings().weight).log_softmax(-1).transpose(0, 1)
         return nn.functional.ctc_loss(
             log_probs,
             torch.cat(targets).to(log_probs.device),
@@ -127,8 +118,8 @@ class CTCWarmup:
     def transcribe(self, clips: list) -> list[str]:
         """Greedy CTC reading of clips (collapse repeats, drop blanks): how well the audio frames alone read."""
         batch = self.processor(audio=clips)
-        projected, lengths = self.model.get_audio_features(batch["input_features"], batch["input_features_mask"])
-        best = self.head(projected).argmax(-1)
+        projected, lengths = self.model.project_audio(batch["input_features"], batch["input_features_mask"])
+        best = self.head(projected, self.model.get_input_embeddings().weight).argmax(-1)
         texts = []
         for row, length in zip(best, lengths):
             classes = torch.unique_consecutive(row[:length]).tolist()

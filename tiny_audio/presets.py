@@ -46,6 +46,12 @@ PRESETS = {
     "tiny": Preset("tiny", TINY),
     # Whisper base: 6 encoder layers of width 512 instead of tiny.en's 4 x 384
     "tiny-base": Preset("tiny-base", {**TINY, "audio_model_id": "openai/whisper-base"}),
+    # ...and the LLM reads the tokens that stage 0's CTC readout hears, so it copies them instead of writing text of its
+    # own where the audio is unclear; with it, 15 s pieces read real speech best (README)
+    "tiny-base-tokens": Preset(
+        "tiny-base-tokens",
+        {**TINY, "audio_model_id": "openai/whisper-base", "projector_output": "ctc_tokens", "chunk_length_s": 15.0},
+    ),
     "tiny-random": Preset(
         "tiny-random",
         {
