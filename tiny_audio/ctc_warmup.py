@@ -51,8 +51,8 @@ class CTCWarmup:
         self.head.set_tokens(self.vocab)
         self.audio_parameters = audio_parameters(model)
         encoder = trained_encoder_parameters(model)
-        head = [] if model.projector.readout is not None else list(self.head.parameters())  # else among the projector's
-        groups = [{"params": [*model.projector.parameters(), *head], "lr": learning_rate}]
+        separate_head = [] if self.head is model.projector.readout else list(self.head.parameters())
+        groups = [{"params": [*model.projector.parameters(), *separate_head], "lr": learning_rate}]
         groups += [{"params": encoder, "lr": learning_rate * encoder_lr_scale}] if encoder else []
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         for group in self.optimizer.param_groups:

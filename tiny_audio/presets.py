@@ -41,16 +41,17 @@ TINY = {
     "chunk_length_s": 8.0,  # pieces near the corpus's clip lengths: longer ones come out cut short (README)
 }
 
+# Whisper base: 6 encoder layers of width 512 instead of tiny.en's 4 x 384
+TINY_BASE = {**TINY, "audio_model_id": "openai/whisper-base"}
+
 PRESETS = {
     "reference": Preset("reference"),
     "tiny": Preset("tiny", TINY),
-    # Whisper base: 6 encoder layers of width 512 instead of tiny.en's 4 x 384
-    "tiny-base": Preset("tiny-base", {**TINY, "audio_model_id": "openai/whisper-base"}),
-    # ...and the LLM reads the tokens that stage 0's CTC readout hears, so it copies them instead of writing text of its
-    # own where the audio is unclear; with it, 15 s pieces read real speech best (README)
+    "tiny-base": Preset("tiny-base", TINY_BASE),
+    # Whisper base, and the LLM reads the tokens that stage 0's CTC readout hears, so it copies them instead of writing
+    # text of its own where the audio is unclear; with it, 15 s pieces read real speech best (README)
     "tiny-base-tokens": Preset(
-        "tiny-base-tokens",
-        {**TINY, "audio_model_id": "openai/whisper-base", "projector_output": "ctc_tokens", "chunk_length_s": 15.0},
+        "tiny-base-tokens", {**TINY_BASE, "projector_output": "ctc_tokens", "chunk_length_s": 15.0}
     ),
     "tiny-random": Preset(
         "tiny-random",
