@@ -49,6 +49,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--validation_samples", type=int, default=100)
     parser.add_argument("--real_speech", default=None, help="folder with manifest.jsonl, e.g. ../shared/speech")
     parser.add_argument("--piece_seconds", type=float, default=28.0)
+    parser.add_argument("--readout_merges", type=int, default=None, help="read the pieces of the first N BPE merges")
+    parser.add_argument("--eval_every", type=int, default=0, help="also read the real speech every N CTC steps")
     parser.add_argument("--save_to", default=None, help="save the model after stage 0 here (for --init_from)")
     args = parser.parse_args(argv)
 
@@ -62,10 +64,15 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     cache = build_encoder_cache(model, processor, train)
     cache_seconds = time.perf_counter() - start
-    warmup = CTCWarmup(model, processor, train, cache, args.batch_size, args.learning_rate, 0.1)
+    warmup = CTCWarmup(
+        model, processor, train, cache, args.batch_size, args.learning_rate, 0.1, readout_merges=args.readout_merges
+    )
+    real = read_manifest(args.real_speech) if args.real_speech else []
+    evaluate = (lambda: {"real_speech_wer": readout_wer(warmup, real, args.piece_seconds)}) if real else None
     start = time.perf_counter()
-    warmup.train(args.steps)
+    history = warmup.train(args.steps, evaluate=evaluate, evaluate_every=args.eval_every)
     result = {"cache_seconds": cache_seconds, "train_seconds": time.perf_counter() - start}
+    result["curve"] = [entry for entry in history if "real_speech_wer" in entry]
 
     model.projector.eval()
     if args.save_to:
@@ -78,22 +85,37 @@ def main(argv=None) -> dict:
         args.validation_samples,
     )
     result["validation_wer"] = readout_wer(warmup, list(validation), args.piece_seconds)
-    if args.real_speech:
-        result["real_speech_wer"] = readout_wer(warmup, read_manifest(args.real_speech), args.piece_seconds)
+    if real:
+        result["real_speech_wer"] = readout_wer(warmup, real, args.piece_seconds)
     scores = [("synthetic validation", result["validation_wer"])]
     scores += [(f"real speech ({args.real_speech})", result["real_speech_wer"])] if args.real_speech else []
     path = write_results(
         f"ctc_readout-{args.model_preset}"
-        + (f"-trained-encoder-{args.trained_encoder_layers}" if args.trained_encoder_layers else ""),
+        + (f"-trained-encoder-{args.trained_encoder_layers}" if args.trained_encoder_layers else "")
+        + (f"-merges-{args.readout_merges}" if args.readout_merges is not None else ""),
         {
             "title": f"Greedy CTC reading after stage 0 alone ({args.model_preset})",
             "machine": machine_info(torch.device("cpu")),
             "settings": vars(args),
             "result": result,
-            "tables": [{"headers": ["clips", "WER"], "rows": [[name, f"{wer:.1%}"] for name, wer in scores]}],
+            "tables": [{"headers": ["clips", "WER"], "rows": [[name, f"{wer:.1%}"] for name, wer in scores]}]
+            + (
+                [
+                    {
+                        "headers": ["CTC step", "CTC loss", "real speech WER"],
+                        "rows": [
+                            [e["ctc_step"], f"{e['ctc_loss']:.3f}", f"{e['real_speech_wer']:.1%}"]
+                            for e in result["curve"]
+                        ],
+                    }
+                ]
+                if result["curve"]
+                else []
+            ),
             "notes": [
                 f"{args.steps} CTC steps of batch {args.batch_size} on {args.train_samples} clips of {args.corpus}: "
-                f"{result['train_seconds'] / 60:.1f} min, encoder cache {result['cache_seconds'] / 60:.1f} min"
+                f"{result['train_seconds'] / 60:.1f} min (real-speech readings included), encoder cache "
+                f"{result['cache_seconds'] / 60:.1f} min"
             ],
         },
     )
