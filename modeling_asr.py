@@ -171,13 +171,20 @@ class TokenReadout(nn.Module):
         scaled = nn.functional.normalize(frames.float(), dim=-1) * self.log_scale.exp()
         return (scaled.bfloat16() @ classes.T).float()
 
-    def greedy_embeddings(self, frames: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
-        """(batch, frames, llm_dim) -> the input embedding of each frame's most likely token (zeros for blank)."""
+    def greedy_embeddings(self, frames: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor):
+        """(batch, frames, llm_dim) with valid `lengths` -> the input embeddings of the greedy CTC reading (repeats
+        collapsed, blanks dropped) at the start of each clip's frames, then zeros. The LLM reads the tokens side by
+        side, as it reads text, so copying them is what it already does well."""
         if not self.token_mask.any():
             raise ValueError("the projector's token readout has no tokens yet: train it with the CTC warm-up first")
-        blank = token_embeddings.new_zeros(1, token_embeddings.shape[1])
-        table = torch.cat([blank, token_embeddings[self.token_ids]])
-        return table[self(frames, token_embeddings).argmax(-1)]
+        classes = self(frames, token_embeddings).argmax(-1)
+        heard = (classes != 0) & lengths_to_mask(lengths.to(classes.device), classes.shape[1])
+        heard[:, 1:] &= classes[:, 1:] != classes[:, :-1]
+        rows, columns = heard.nonzero(as_tuple=True)
+        positions = heard.cumsum(-1)[rows, columns] - 1
+        reading = token_embeddings.new_zeros(*classes.shape, token_embeddings.shape[1])
+        reading[rows, positions] = token_embeddings[self.token_ids[classes[rows, columns] - 1]]
+        return reading
 
 
 class AudioProjector(nn.Module):
@@ -432,7 +439,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         `{"audio": (hidden_states, lengths)}`, -> the LLM's audio embeddings (batch, tokens, llm_dim) and lengths."""
         frames, lengths = self.project_audio(input_features, input_features_mask, mm_encoder_outputs)
         if self.projector.readout is not None:
-            frames = self.projector.readout.greedy_embeddings(frames, self.get_input_embeddings().weight)
+            frames = self.projector.readout.greedy_embeddings(frames, lengths, self.get_input_embeddings().weight)
         return frames, lengths
 
     def project_audio(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):

@@ -517,3 +517,23 @@ def test_mismatched_placeholders_are_a_clear_error(tiny_random):
             input_features=long["input_features"],
             input_features_mask=long["input_features_mask"],
         )
+
+
+def test_token_readout_hands_the_llm_its_greedy_reading_side_by_side():
+    """Repeats collapse, blanks drop out, padding frames are not read; the tokens heard come first, then zeros."""
+    from modeling_asr import TokenReadout
+
+    torch.manual_seed(0)
+    embeddings = torch.randn(10, 16)
+    readout = TokenReadout(10, 16)
+    readout.set_tokens([2, 5, 7])
+    blank = readout.blank.detach()
+    spoken = [[5, 5, None, 5, 2, None, 7], [7, None, 2, 2, 7, 7, 7]]  # row 0 is padded after 6 frames, row 1 after 3
+    frames = torch.stack([torch.stack([blank if t is None else embeddings[t] for t in row]) for row in spoken])
+    with torch.no_grad():
+        reading = readout.greedy_embeddings(frames, torch.tensor([6, 3]), embeddings)
+    zeros = torch.zeros(16)
+    expected = [[5, 5, 2, None, None, None, None], [7, 2, None, None, None, None, None]]
+    for row, tokens in zip(reading, expected):
+        for frame, token in zip(row, tokens):
+            assert torch.equal(frame, zeros if token is None else embeddings[token])
