@@ -146,8 +146,15 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "a fresh model's input to the LLM, when not the model preset's: embeddings (the projector's "
-            "output) or ctc_tokens (the embedding of the token that stage 0's CTC readout hears in each frame; needs "
+            "output) or ctc_tokens (the embeddings of what stage 0's CTC readout reads, token after token; needs "
             "--ctc_warmup_steps)"
+        },
+    )
+    readout_temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "a fresh ctc_tokens model's LLM stage reads tokens drawn from stage 0's readout at this temperature "
+            "(0: its greedy reading), to learn to mend the readout's mistakes"
         },
     )
     base_dtype: str = field(
@@ -337,6 +344,11 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
             lora_target_modules=targets,
             trained_encoder_layers=model_args.trained_encoder_layers,
             **({"projector_output": model_args.projector_output} if model_args.projector_output else {}),
+            **(
+                {}
+                if model_args.readout_temperature is None
+                else {"readout_temperature": model_args.readout_temperature}
+            ),
         )
     return model, processor
 
