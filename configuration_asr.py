@@ -123,9 +123,6 @@ class ASRConfig(PreTrainedConfig):
         projector_output (`str`): what the LLM gets from the projector: `"embeddings"`, its output as is, or
             `"ctc_tokens"`, the input embeddings of what the projector's CTC readout (`TokenReadout`, trained by the
             CTC warm-up) reads, token after token. The LLM stage then trains only LoRA (no gradient passes a reading).
-        readout_temperature (`float`): with `"ctc_tokens"`, the LLM trains on readings drawn from the readout's
-            posterior at this temperature instead of its greedy reading (0), to learn to mend the readout's mistakes.
-            Inference always reads greedily.
         audio_token (`str`): placeholder the processor expands to one token per audio frame.
         audio_token_id (`int`): its id in the tokenizer (may lie outside the LLM's embedding table; never embedded).
         system_prompt / user_prompt (`str`): the chat prompt; `user_prompt` must contain `audio_token`.
@@ -188,7 +185,6 @@ class ASRConfig(PreTrainedConfig):
     projector_hidden_size: int | None = None
     projector_init_scale: float | None = None
     projector_output: str = "embeddings"
-    readout_temperature: float = 0.0
     audio_token: str = DEFAULT_AUDIO_TOKEN
     audio_token_id: int | None = None
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
@@ -212,8 +208,6 @@ class ASRConfig(PreTrainedConfig):
             self.projector_hidden_size = self.text_config.hidden_size
         if self.projector_output not in PROJECTOR_OUTPUTS:
             raise ValueError(f"projector_output must be one of {PROJECTOR_OUTPUTS}, got {self.projector_output!r}")
-        if self.readout_temperature < 0:
-            raise ValueError(f"readout_temperature must be >= 0 (0: greedy), got {self.readout_temperature}")
         if not 0 <= self.trained_encoder_layers <= self.audio_config.encoder_layers:
             raise ValueError(
                 f"trained_encoder_layers must lie in [0, {self.audio_config.encoder_layers}] (the encoder's depth), "

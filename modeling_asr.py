@@ -147,9 +147,8 @@ class TokenReadout(nn.Module):
     likely token (zeros for blank). The LLM then reads inputs of its own kind whatever the voice, instead of
     projector frames that drift off its inputs on speech unlike the training voices."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, init_scale: float = 10.0, temperature: float = 0.0):
+    def __init__(self, vocab_size: int, hidden_size: int, init_scale: float = 10.0):
         super().__init__()
-        self.temperature = temperature
         self.register_buffer("token_mask", torch.zeros(vocab_size, dtype=torch.bool))
         self.blank = nn.Parameter(torch.randn(hidden_size) * 0.02)
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
@@ -173,20 +172,12 @@ class TokenReadout(nn.Module):
         return (scaled.bfloat16() @ classes.T).float()
 
     def reading_embeddings(self, frames: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor):
-        """(batch, frames, llm_dim) with valid `lengths` -> the input embeddings of the CTC reading (repeats
+        """(batch, frames, llm_dim) with valid `lengths` -> the input embeddings of the greedy CTC reading (repeats
         collapsed, blanks dropped) at the start of each clip's frames, then zeros. The LLM reads the tokens side by
-        side, as it reads text, so copying them is what it already does well.
-
-        The reading is greedy, except in training with a `temperature`: each frame's token is then drawn from the
-        posterior at that temperature, so the LLM meets readings with the readout's likely mistakes and learns to
-        mend them from context (on its own training clips the readout is all but always right)."""
+        side, as it reads text, so copying them is what it already does well."""
         if not self.token_mask.any():
             raise ValueError("the projector's token readout has no tokens yet: train it with the CTC warm-up first")
-        logits = self(frames, token_embeddings)
-        if self.training and self.temperature > 0:
-            classes = torch.distributions.Categorical(logits=logits / self.temperature).sample()
-        else:
-            classes = logits.argmax(-1)
+        classes = self(frames, token_embeddings).argmax(-1)
         heard = (classes != 0) & lengths_to_mask(lengths.to(classes.device), classes.shape[1])
         heard[:, 1:] &= classes[:, 1:] != classes[:, :-1]
         rows, columns = heard.nonzero(as_tuple=True)
@@ -210,9 +201,7 @@ class AudioProjector(nn.Module):
         self.linear2 = nn.Linear(config.projector_hidden_size, llm_dim)
         self.norm = nn.RMSNorm(llm_dim, eps=1e-6)
         self.readout = (
-            TokenReadout(config.text_config.vocab_size, llm_dim, temperature=config.readout_temperature)
-            if config.projector_output == "ctc_tokens"
-            else None
+            TokenReadout(config.text_config.vocab_size, llm_dim) if config.projector_output == "ctc_tokens" else None
         )
 
     def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -150,13 +150,6 @@ class ModelArguments:
             "--ctc_warmup_steps)"
         },
     )
-    readout_temperature: float | None = field(
-        default=None,
-        metadata={
-            "help": "a fresh ctc_tokens model's LLM stage reads tokens drawn from stage 0's readout at this temperature "
-            "(0: its greedy reading), to learn to mend the readout's mistakes"
-        },
-    )
     base_dtype: str = field(
         default="float32",
         metadata={
@@ -344,11 +337,6 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
             lora_target_modules=targets,
             trained_encoder_layers=model_args.trained_encoder_layers,
             **({"projector_output": model_args.projector_output} if model_args.projector_output else {}),
-            **(
-                {}
-                if model_args.readout_temperature is None
-                else {"readout_temperature": model_args.readout_temperature}
-            ),
         )
     return model, processor
 

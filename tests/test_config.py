@@ -73,8 +73,6 @@ def test_chunk_length_is_checked_and_the_tiny_presets_match_their_corpus():
     assert PRESETS["tiny-base-tokens"].config["chunk_length_s"] == 15
 
 
-def test_unknown_projector_output_or_a_negative_readout_temperature_is_a_clear_error():
+def test_unknown_projector_output_is_a_clear_error():
     with pytest.raises(ValueError, match="projector_output must be one of"):
         ASRConfig(projector_output="logits")
-    with pytest.raises(ValueError, match="readout_temperature must be >= 0"):
-        ASRConfig(readout_temperature=-1.0)

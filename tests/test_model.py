@@ -537,20 +537,3 @@ def test_token_readout_hands_the_llm_its_greedy_reading_side_by_side():
     for row, tokens in zip(reading, expected):
         for frame, token in zip(row, tokens):
             assert torch.equal(frame, zeros if token is None else embeddings[token])
-
-
-def test_token_readout_draws_its_reading_at_a_temperature_only_in_training():
-    from modeling_asr import TokenReadout
-
-    torch.manual_seed(0)
-    embeddings = torch.randn(50, 16)
-    readout = TokenReadout(50, 16, temperature=5.0)
-    readout.set_tokens(list(range(1, 50)))
-    frames = embeddings[torch.randint(1, 50, (2, 40))]
-    lengths = torch.tensor([40, 40])
-    greedy = readout.eval().reading_embeddings(frames, lengths, embeddings)
-    assert torch.equal(greedy, readout.eval().reading_embeddings(frames, lengths, embeddings))
-    drawn = readout.train().reading_embeddings(frames, lengths, embeddings)
-    assert not torch.equal(drawn, greedy)
-    readout.temperature = 0.0
-    assert torch.equal(readout.reading_embeddings(frames, lengths, embeddings), greedy)
