@@ -171,13 +171,6 @@ class RecipeArguments:
         },
     )
     ctc_batch_size: int = 16
-    ctc_readout_merges: int | None = field(
-        default=None,
-        metadata={
-            "help": "stage 0 reads the pieces of the LLM tokenizer's first N BPE merges instead of its full tokens: "
-            "short, frequent pieces that also spell words the training transcripts never say"
-        },
-    )
     ctc_auxiliary_weight: float = field(
         default=0.0,
         metadata={
@@ -440,7 +433,6 @@ def run_ctc_warmup(model, processor, train_data, encoder_cache, recipe, data_arg
         recipe.ctc_learning_rate,
         recipe.encoder_learning_rate_scale,
         seed,
-        recipe.ctc_readout_merges,
     )
     stage = {"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": warmup.train(recipe.ctc_warmup_steps)}
     if wer_examples:

@@ -6,11 +6,12 @@ greedy CTC reading on the synthetic validation split and on real recordings.
 Stage 0 costs a fraction of a full run (no LLM forward), so it is the cheap A/B for what happens before the LLM:
 encoder, corpus size, trained encoder layers. Real recordings longer than `--piece_seconds` are split at quiet points,
 as the pipeline splits them. Results go to
-benchmarks/results/ctc_readout-<preset>[-trained-encoder-N].json and .md.
+benchmarks/results/ctc_readout-<preset>[-trained-encoder-N][-<corpus folder>].json and .md.
 """
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +24,8 @@ from tiny_audio.ctc_warmup import CTCWarmup
 from tiny_audio.data import SkipCounter, build_encoder_cache, open_dataset, scan
 from tiny_audio.evaluation import read_manifest, word_error_rate
 from tiny_audio.presets import build
+
+DEFAULT_CORPUS = "outputs/speech_corpus"
 
 
 def read_clip(warmup: CTCWarmup, clip, piece_seconds: float) -> str:
@@ -40,7 +43,7 @@ def readout_wer(warmup: CTCWarmup, examples: list[dict], piece_seconds: float) -
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_preset", default="tiny", help="tiny (Whisper tiny.en) or tiny-base (Whisper base)")
-    parser.add_argument("--corpus", default="outputs/speech_corpus")
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS)
     parser.add_argument("--train_samples", type=int, default=3000)
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch_size", type=int, default=16)
@@ -49,7 +52,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--validation_samples", type=int, default=100)
     parser.add_argument("--real_speech", default=None, help="folder with manifest.jsonl, e.g. ../shared/speech")
     parser.add_argument("--piece_seconds", type=float, default=28.0)
-    parser.add_argument("--readout_merges", type=int, default=None, help="read the pieces of the first N BPE merges")
     parser.add_argument("--eval_every", type=int, default=0, help="also read the real speech every N CTC steps")
     parser.add_argument("--save_to", default=None, help="save the model after stage 0 here (for --init_from)")
     args = parser.parse_args(argv)
@@ -64,9 +66,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     cache = build_encoder_cache(model, processor, train)
     cache_seconds = time.perf_counter() - start
-    warmup = CTCWarmup(
-        model, processor, train, cache, args.batch_size, args.learning_rate, 0.1, readout_merges=args.readout_merges
-    )
+    warmup = CTCWarmup(model, processor, train, cache, args.batch_size, args.learning_rate, 0.1)
     real = read_manifest(args.real_speech) if args.real_speech else []
     evaluate = (lambda: {"real_speech_wer": readout_wer(warmup, real, args.piece_seconds)}) if real else None
     start = time.perf_counter()
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     path = write_results(
         f"ctc_readout-{args.model_preset}"
         + (f"-trained-encoder-{args.trained_encoder_layers}" if args.trained_encoder_layers else "")
-        + (f"-merges-{args.readout_merges}" if args.readout_merges is not None else ""),
+        + (f"-{Path(args.corpus).name}" if args.corpus != DEFAULT_CORPUS else ""),
         {
             "title": f"Greedy CTC reading after stage 0 alone ({args.model_preset})",
             "machine": machine_info(torch.device("cpu")),

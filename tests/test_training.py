@@ -368,26 +368,6 @@ def test_ctc_warmup_trains_a_ctc_tokens_model_s_own_readout():
     assert {id(p) for p in model.projector.readout.parameters()} <= {id(p) for p in optimized}
 
 
-def test_readout_merges_make_stage_0_read_short_llm_tokens_that_spell_the_transcript():
-    """With readout_merges, stage 0's targets are the LLM tokenizer's own pieces of its first N merges: ids the LLM
-    embeds, fewer distinct classes than whole tokens, and together they decode to the transcript."""
-    from tiny_audio.ctc_warmup import CTCWarmup
-
-    model, processor = build("tiny-random", projector_output="ctc_tokens")
-    dataset = scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0)
-    whole = CTCWarmup(model, processor, dataset)
-    pieces = CTCWarmup(model, processor, dataset, readout_merges=0)
-    tokenizer = processor.tokenizer
-    for text, targets in zip(dataset["text"], pieces.targets):
-        ids = [pieces.vocab[c - 1] for c in targets.tolist()]
-        assert tokenizer.decode(ids) == text
-        assert all(len(tokenizer.convert_ids_to_tokens(i)) == 1 for i in ids)  # merges=0: single bytes
-    assert len(pieces.vocab) < len(whole.vocab)
-    assert pieces.head.token_ids.tolist() == pieces.vocab
-    batch = ASRCollator(processor)(list(dataset))
-    assert [t.tolist() for t in pieces.targets_from_labels(batch["labels"])] == [t.tolist() for t in pieces.targets]
-
-
 def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatch):
     import hub_push
 

@@ -8,12 +8,10 @@ training transcripts. No LLM forward runs, so a step costs a small fraction of a
 training.
 """
 
-import json
 import logging
 import math
 
 import torch
-from tokenizers import Tokenizer
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -24,18 +22,6 @@ from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parame
 
 logger = logging.getLogger(__name__)
 BLANK = 0
-
-
-def short_piece_tokenizer(tokenizer, merges: int) -> Tokenizer:
-    """The LLM's byte-level BPE tokenizer with only its first `merges` merges. Every piece it cuts is still an LLM
-    token, but a short and frequent one: a few thousand clips then cover the pieces of words they never say, where
-    whole-word tokens of real speech are often missing from the training transcripts."""
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    if spec["model"]["type"] != "BPE":
-        raise ValueError(f"readout merges need a BPE tokenizer, not {spec['model']['type']}")
-    spec["model"]["merges"] = spec["model"]["merges"][:merges]
-    spec["model"]["ignore_merges"] = False  # else whole words in the vocabulary skip the merges
-    return Tokenizer.from_str(json.dumps(spec))
 
 
 class CTCWarmup:
@@ -52,15 +38,9 @@ class CTCWarmup:
         learning_rate=1e-3,
         encoder_lr_scale=1.0,
         seed=0,
-        readout_merges=None,
     ):
-        """`readout_merges`: read (and feed the LLM) the pieces of the LLM tokenizer's first N merges instead of its
-        full tokens; None keeps the full tokens."""
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
-        self.readout_tokenizer = (
-            None if readout_merges is None else short_piece_tokenizer(processor.tokenizer, readout_merges)
-        )
-        targets = [self.encode(text) for text in dataset["text"]]
+        targets = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in dataset["text"]]
         self.vocab = sorted({token for row in targets for token in row})
         self.class_of = {token: position + 1 for position, token in enumerate(self.vocab)}
         self.targets = [torch.tensor([self.class_of[token] for token in row]) for row in targets]
@@ -78,12 +58,6 @@ class CTCWarmup:
         for group in self.optimizer.param_groups:
             group["initial_lr"] = group["lr"]  # the peak of the cosine schedule in `train`
         self.batches = length_grouped_batches(list(dataset["length"]), batch_size, seed)
-
-    def encode(self, text: str) -> list[int]:
-        """The LLM token ids the readout should hear for `text`."""
-        if self.readout_tokenizer is None:
-            return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.readout_tokenizer.encode(text, add_special_tokens=False).ids
 
     def _audio_embeddings(self, indices: list[int]):
         if self.encoder_cache is not None:
@@ -107,10 +81,8 @@ class CTCWarmup:
         )
 
     def targets_from_labels(self, labels: torch.Tensor) -> list[torch.Tensor]:
-        """CTC class targets of an LLM batch's labels: each row's transcript, without the end-of-turn token, as the
-        readout's tokens."""
-        texts = self.processor.tokenizer.batch_decode([row[row != IGNORE_INDEX][:-1] for row in labels])
-        rows = [self.encode(text) for text in texts]
+        """CTC class targets of an LLM batch's labels: each row's transcript tokens, without the end-of-turn token."""
+        rows = [row[row != IGNORE_INDEX][:-1].tolist() for row in labels]
         unknown = sorted({token for row in rows for token in row if token not in self.class_of})
         if unknown:
             raise ValueError(f"transcript tokens {unknown[:10]} are not among the training transcripts' tokens")
