@@ -21,7 +21,8 @@ QUIET_FRAME = 400  # 25 ms frames when looking for a quiet point to split at
 # Loop guard defaults (a model config may override them with attributes of the same name in lower case): an n-gram of
 # up to LOOP_MAX_PERIOD tokens counts as a loop once it repeats LOOP_MIN_REPEATS times in a row and the copies span at
 # least LOOP_MIN_TOKENS tokens, so "very very" or "no no no" stay, and "the best of the best of the best" stops.
-LOOP_MAX_PERIOD = 12
+# A period as long as a sentence also stops a model that copies a reading and jumps back to an earlier sentence.
+LOOP_MAX_PERIOD = 32
 LOOP_MIN_REPEATS = 3
 LOOP_MIN_TOKENS = 8
 
