@@ -1,7 +1,7 @@
 """Build a small synthetic English speech corpus from several TTS engines, with acoustic augmentation.
 
 Sentences come from Debian's `fortunes` package.  Each clip is spoken by one engine of `tiny_audio.tts`
-(espeak-ng and flite carry most clips; piper, hibari and Kokoro add neural voices) at a random speed, and
+(the neural voices of hibari and piper carry most clips; flite, espeak-ng and Kokoro add others) at a random speed, and
 AUGMENT_FRACTION of the clips then get a seeded `tiny_audio.augmentation` recipe (speed, pitch, noise,
 babble, music, reverberation, telephone band).  The result is an audiofolder dataset::
 
@@ -44,9 +44,10 @@ logger = logging.getLogger(__name__)
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 FORMAT_VERSION = 2
 
-# Share of the clips each engine speaks (renormalized over the installed ones).  The neural engines cost far more
-# CPU per clip (Kokoro most), so they get small shares that keep `make corpus` within minutes (benchmarks/README).
-ENGINE_SHARES = {"espeak": 45, "flite": 25, "hibari": 20, "piper": 8, "kokoro": 2}
+# Share of the clips each engine speaks (renormalized over the installed ones).  The neural voices carry over to
+# people best, so hibari and piper speak most clips (README: "What moved it"); Kokoro costs the most CPU per clip, so
+# it keeps a small share that holds `make corpus` within minutes.
+ENGINE_SHARES = {"espeak": 15, "flite": 25, "hibari": 40, "piper": 18, "kokoro": 2}
 AUGMENT_FRACTION = 0.6
 LONG_FRACTION = 0.3
 SENTENCES_PER_LONG_CLIP = (2, 3)
