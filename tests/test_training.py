@@ -368,6 +368,22 @@ def test_ctc_warmup_trains_a_ctc_tokens_model_s_own_readout():
     assert {id(p) for p in model.projector.readout.parameters()} <= {id(p) for p in optimized}
 
 
+def test_ctc_warmup_scores_along_the_way_with_the_projector_in_eval_mode():
+    from tiny_audio.ctc_warmup import CTCWarmup
+
+    model, processor = build("tiny-random", projector_output="ctc_tokens")
+    warmup = CTCWarmup(model, processor, scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0), batch_size=2)
+    modes = []
+
+    def evaluate():
+        modes.append(model.projector.training)
+        return {"score": len(modes)}
+
+    history = warmup.train(4, log_every=1, evaluate=evaluate, evaluate_every=2)
+    assert [(entry["ctc_step"], entry["score"]) for entry in history if "score" in entry] == [(2, 1), (4, 2)]
+    assert modes == [False, False] and model.projector.training
+
+
 def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatch):
     import hub_push
 
