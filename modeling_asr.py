@@ -143,9 +143,9 @@ class TokenReadout(nn.Module):
     """Reads projector frames as a CTC posterior over [blank] + the LLM tokens marked in `token_mask`: scaled cosine
     similarity with their input embeddings, plus a learned blank. Stage 0 trains it with CTC.
 
-    With `projector_output="ctc_tokens"` it also feeds the LLM: each frame becomes the input embedding of its most
-    likely token (zeros for blank). The LLM then reads inputs of its own kind whatever the voice, instead of
-    projector frames that drift off its inputs on speech unlike the training voices."""
+    With `projector_output="ctc_tokens"` it also feeds the LLM (`reading_embeddings`): the input embeddings of its
+    greedy reading. The LLM then reads inputs of its own kind whatever the voice, instead of projector frames that
+    drift off its inputs on speech unlike the training voices."""
 
     def __init__(self, vocab_size: int, hidden_size: int, init_scale: float = 10.0):
         super().__init__()

@@ -88,7 +88,11 @@ def main(argv=None) -> dict:
     if real:
         result["real_speech_wer"] = readout_wer(warmup, real, args.piece_seconds)
     scores = [("synthetic validation", result["validation_wer"])]
-    scores += [(f"real speech ({args.real_speech})", result["real_speech_wer"])] if args.real_speech else []
+    scores += [(f"real speech ({args.real_speech})", result["real_speech_wer"])] if real else []
+    tables = [{"headers": ["clips", "WER"], "rows": [[name, f"{wer:.1%}"] for name, wer in scores]}]
+    if result["curve"]:
+        rows = [[e["ctc_step"], f"{e['ctc_loss']:.3f}", f"{e['real_speech_wer']:.1%}"] for e in result["curve"]]
+        tables.append({"headers": ["CTC step", "CTC loss", "real speech WER"], "rows": rows})
     path = write_results(
         f"ctc_readout-{args.model_preset}"
         + (f"-trained-encoder-{args.trained_encoder_layers}" if args.trained_encoder_layers else "")
@@ -98,20 +102,7 @@ def main(argv=None) -> dict:
             "machine": machine_info(torch.device("cpu")),
             "settings": vars(args),
             "result": result,
-            "tables": [{"headers": ["clips", "WER"], "rows": [[name, f"{wer:.1%}"] for name, wer in scores]}]
-            + (
-                [
-                    {
-                        "headers": ["CTC step", "CTC loss", "real speech WER"],
-                        "rows": [
-                            [e["ctc_step"], f"{e['ctc_loss']:.3f}", f"{e['real_speech_wer']:.1%}"]
-                            for e in result["curve"]
-                        ],
-                    }
-                ]
-                if result["curve"]
-                else []
-            ),
+            "tables": tables,
             "notes": [
                 f"{args.steps} CTC steps of batch {args.batch_size} on {args.train_samples} clips of {args.corpus}: "
                 f"{result['train_seconds'] / 60:.1f} min (real-speech readings included), encoder cache "
