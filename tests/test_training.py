@@ -321,6 +321,23 @@ def test_ctc_auxiliary_loss_adds_the_weighted_ctc_loss_of_the_llm_batch(tmp_path
         ASRTrainer(model=model, args=args, processing_class=processor, ctc_auxiliary_weight=0.5)
 
 
+def test_stage_0_reads_the_spoken_form_of_the_transcripts():
+    """Case and punctuation are not heard: stage 0's targets are the transcripts in lower case without punctuation,
+    each word with its leading space, and the auxiliary loss makes the same targets from the LLM's cased labels."""
+    from tiny_audio.ctc_warmup import CTCWarmup, spoken_form
+
+    assert spoken_form('Mr. Quilter\'s "gospel", well-known!') == " mr quilter's gospel well known"
+    assert spoken_form("'Tis the END...") == " tis the end"
+    model, processor = build("tiny-random")
+    tones = synthetic_tones("train", 4)
+    cased = scan(tones.map(lambda row: {"text": row["text"].capitalize() + "."}), SkipCounter("tones"), 30.0)
+    warmup = CTCWarmup(model, processor, cased)
+    readings = [processor.tokenizer.decode([warmup.vocab[c - 1] for c in row]) for row in warmup.targets]
+    assert readings == [" " + text for text in tones["text"]]
+    labels = ASRCollator(processor)(list(cased))["labels"]
+    assert [t.tolist() for t in warmup.targets_from_labels(labels)] == [t.tolist() for t in warmup.targets]
+
+
 def test_ctc_tokens_model_hands_the_llm_the_embeddings_of_the_tokens_stage_0_hears(tmp_path):
     """With projector_output=ctc_tokens, stage 0 trains the model's own readout, which is saved and reloaded; every
     clip's audio frames reach the LLM as the input embeddings of its greedy CTC reading (repeats collapsed, blanks

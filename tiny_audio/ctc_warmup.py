@@ -3,13 +3,14 @@
 A projector trained from scratch into a frozen LLM sits on an "ignore the audio" plateau for a long time. Here each
 audio frame is pushed towards the embedding of the token spoken there: the classes of a `TokenReadout` are the LLM's
 input embeddings (cosine similarity times a learned scale, plus a learned blank), restricted to the tokens of the
-training transcripts. No LLM forward runs, so a step costs a small fraction of a normal one. A model with
+training transcripts in their `spoken_form` (lower case, no punctuation: what can be heard). No LLM forward runs, so a step costs a small fraction of a normal one. A model with
 `projector_output="ctc_tokens"` keeps that readout, and feeds the LLM what it reads; otherwise it is dropped after
 training.
 """
 
 import logging
 import math
+import re
 
 import torch
 from torch import nn
@@ -22,6 +23,13 @@ from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parame
 
 logger = logging.getLogger(__name__)
 BLANK = 0
+NOT_SPOKEN = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
+
+
+def spoken_form(text: str) -> str:
+    """What a listener hears of a transcript: lower case, no punctuation, a space before every word. "The", " The"
+    and " the" are one sound; as one CTC class each word gets all its examples."""
+    return " " + " ".join(NOT_SPOKEN.sub(" ", text.lower()).split())
 
 
 class CTCWarmup:
@@ -40,10 +48,10 @@ class CTCWarmup:
         seed=0,
     ):
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
-        targets = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in dataset["text"]]
-        self.vocab = sorted({token for row in targets for token in row})
+        tokens = [self.tokenize(spoken_form(text)) for text in dataset["text"]]
+        self.vocab = sorted({token for row in tokens for token in row})
         self.class_of = {token: position + 1 for position, token in enumerate(self.vocab)}
-        self.targets = [torch.tensor([self.class_of[token] for token in row]) for row in targets]
+        self.targets = [self.classes(row) for row in tokens]
         self.head = model.projector.readout
         if self.head is None:
             llm_embeddings = model.get_input_embeddings().weight
@@ -80,13 +88,20 @@ class CTCWarmup:
             zero_infinity=True,
         )
 
-    def targets_from_labels(self, labels: torch.Tensor) -> list[torch.Tensor]:
-        """CTC class targets of an LLM batch's labels: each row's transcript tokens, without the end-of-turn token."""
-        rows = [row[row != IGNORE_INDEX][:-1].tolist() for row in labels]
-        unknown = sorted({token for row in rows for token in row if token not in self.class_of})
+    def tokenize(self, text: str) -> list[int]:
+        return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def classes(self, tokens: list[int]) -> torch.Tensor:
+        unknown = sorted({token for token in tokens if token not in self.class_of})
         if unknown:
             raise ValueError(f"transcript tokens {unknown[:10]} are not among the training transcripts' tokens")
-        return [torch.tensor([self.class_of[token] for token in row], dtype=torch.long) for row in rows]
+        return torch.tensor([self.class_of[token] for token in tokens], dtype=torch.long)
+
+    def targets_from_labels(self, labels: torch.Tensor) -> list[torch.Tensor]:
+        """CTC class targets of an LLM batch's labels: the spoken form of each row's transcript (without the
+        end-of-turn token)."""
+        rows = [self.processor.tokenizer.decode(row[row != IGNORE_INDEX][:-1]) for row in labels]
+        return [self.classes(self.tokenize(spoken_form(text))) for text in rows]
 
     def step(self, indices: list[int]) -> float:
         projected, lengths = self._audio_embeddings(indices)
