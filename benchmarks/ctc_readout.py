@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_preset", default="tiny", help="tiny (Whisper tiny.en) or tiny-base (Whisper base)")
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
-    parser.add_argument("--train_samples", type=int, default=3000)
+    parser.add_argument("--train_samples", type=int, default=6000)
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=1e-3)

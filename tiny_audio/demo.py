@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--corpus", default="outputs/speech_corpus")
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument(
-        "--train_samples", type=int, default=3000, help="training clips (their encoder outputs are cached)"
+        "--train_samples", type=int, default=6000, help="training clips (their encoder outputs are cached)"
     )
     parser.add_argument("--ctc_steps", type=int, default=2500, help="stage 0: CTC warm-up steps of the projector")
     parser.add_argument("--train_minutes", type=float, default=10.0, help="time budget of the LLM stage")
