@@ -171,19 +171,29 @@ class TokenReadout(nn.Module):
         scaled = nn.functional.normalize(frames.float(), dim=-1) * self.log_scale.exp()
         return (scaled.bfloat16() @ classes.T).float()
 
-    def reading_embeddings(self, frames: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor):
+    def reading_embeddings(self, frames, lengths, token_embeddings, reading_ids=None) -> torch.Tensor:
         """(batch, frames, llm_dim) with valid `lengths` -> the input embeddings of the greedy CTC reading (repeats
         collapsed, blanks dropped) at the start of each clip's frames, then zeros. The LLM reads the tokens side by
-        side, as it reads text, so copying them is what it already does well."""
+        side, as it reads text, so copying them is what it already does well.
+
+        `reading_ids` (batch, tokens), LLM ids padded with -100, replace the greedy reading: training feeds the
+        transcript as a perfect readout would read it, so the LLM learns to copy, not to rewrite what it is given."""
         if not self.token_mask.any():
             raise ValueError("the projector's token readout has no tokens yet: train it with the CTC warm-up first")
-        classes = self(frames, token_embeddings).argmax(-1)
-        heard = (classes != 0) & lengths_to_mask(lengths.to(classes.device), classes.shape[1])
-        heard[:, 1:] &= classes[:, 1:] != classes[:, :-1]
-        rows, columns = heard.nonzero(as_tuple=True)
-        positions = heard.cumsum(-1)[rows, columns] - 1
-        reading = token_embeddings.new_zeros(*classes.shape, token_embeddings.shape[1])
-        reading[rows, positions] = token_embeddings[self.token_ids[classes[rows, columns] - 1]]
+        if reading_ids is None:
+            classes = self(frames, token_embeddings).argmax(-1)
+            heard = (classes != 0) & lengths_to_mask(lengths.to(classes.device), classes.shape[1])
+            heard[:, 1:] &= classes[:, 1:] != classes[:, :-1]
+            rows, columns = heard.nonzero(as_tuple=True)
+            positions = heard.cumsum(-1)[rows, columns] - 1
+            ids = self.token_ids[classes[rows, columns] - 1]
+        else:
+            if reading_ids.shape[1] > frames.shape[1]:
+                raise ValueError(f"readings of {reading_ids.shape[1]} tokens do not fit {frames.shape[1]} audio frames")
+            rows, positions = (reading_ids != -100).nonzero(as_tuple=True)
+            ids = reading_ids[rows, positions]
+        reading = token_embeddings.new_zeros(*frames.shape[:2], token_embeddings.shape[1])
+        reading[rows, positions] = token_embeddings[ids]
         return reading
 
 
@@ -434,12 +444,16 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     # ----------------------------------------------------------------- forward
 
-    def get_audio_features(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
+    def get_audio_features(
+        self, input_features=None, input_features_mask=None, mm_encoder_outputs=None, reading_ids=None
+    ):
         """Mel features (batch, mels, frames), or cached outputs of the frozen encoder layers
-        `{"audio": (hidden_states, lengths)}`, -> the LLM's audio embeddings (batch, tokens, llm_dim) and lengths."""
+        `{"audio": (hidden_states, lengths)}`, -> the LLM's audio embeddings (batch, tokens, llm_dim) and lengths.
+        `reading_ids`: see `TokenReadout.reading_embeddings`."""
         frames, lengths = self.project_audio(input_features, input_features_mask, mm_encoder_outputs)
         if self.projector.readout is not None:
-            frames = self.projector.readout.reading_embeddings(frames, lengths, self.get_input_embeddings().weight)
+            embeddings = self.get_input_embeddings().weight
+            frames = self.projector.readout.reading_embeddings(frames, lengths, embeddings, reading_ids)
         return frames, lengths
 
     def project_audio(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
@@ -453,7 +467,9 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
                 hidden_states, lengths = self.audio_encoder.forward_frozen(input_features, input_features_mask.sum(-1))
         return self.projector(self.audio_encoder.forward_trained(hidden_states, lengths), lengths)
 
-    def embed_prompt(self, input_ids, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
+    def embed_prompt(
+        self, input_ids, input_features=None, input_features_mask=None, mm_encoder_outputs=None, reading_ids=None
+    ):
         """Token embeddings of the prompt with the projected audio spliced in at the placeholder positions."""
         audio_positions = input_ids == self.config.audio_token_id
         # The placeholder may lie outside the LLM's vocabulary: it is never looked up, so no resizing is needed.
@@ -462,7 +478,9 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             if audio_positions.any():
                 raise ValueError("input_ids contain audio placeholder tokens but no input_features were given")
             return inputs_embeds
-        audio_embeds, audio_lengths = self.get_audio_features(input_features, input_features_mask, mm_encoder_outputs)
+        audio_embeds, audio_lengths = self.get_audio_features(
+            input_features, input_features_mask, mm_encoder_outputs, reading_ids
+        )
         placeholders = audio_positions.sum(-1)
         if not torch.equal(placeholders.cpu(), audio_lengths.cpu()):
             raise ValueError(
@@ -486,6 +504,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
         mm_encoder_outputs: dict | None = None,
+        reading_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -493,11 +512,15 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         input_features_mask (`torch.LongTensor` of shape `(batch, frames)`): 1 on the real frames of each clip.
         mm_encoder_outputs (`dict`): `{"audio": (hidden_states, lengths)}` of a cached `audio_encoder.forward_frozen`
             run, instead of features.
+        reading_ids (`torch.LongTensor` of shape `(batch, tokens)`): with a `TokenReadout`, LLM ids (padded with -100)
+            that the LLM reads instead of the readout's reading; training feeds each transcript's spoken form.
         labels (`torch.LongTensor`): target ids, -100 everywhere but the transcript and its end-of-turn token. The LM
             head then runs only on those positions.
         """
         if inputs_embeds is None:
-            inputs_embeds = self.embed_prompt(input_ids, input_features, input_features_mask, mm_encoder_outputs)
+            inputs_embeds = self.embed_prompt(
+                input_ids, input_features, input_features_mask, mm_encoder_outputs, reading_ids
+            )
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             if cache is not None and cache.get_seq_length() > 0:

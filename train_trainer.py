@@ -178,6 +178,13 @@ class RecipeArguments:
             "--ctc_warmup_steps), so the projector stays readable token by token while it learns to prompt the LLM"
         },
     )
+    teacher_readings: bool = field(
+        default=True,
+        metadata={
+            "help": "ctc_tokens models: in the LLM stage the LLM reads each transcript's spoken form, as a perfect "
+            "readout would read it, instead of stage 0's reading, so it learns to copy and not to rewrite"
+        },
+    )
     cache_encoder_outputs: bool = field(default=False, metadata={"help": "run the frozen encoder once per clip"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop the LLM stage after this long"})
     eval_only: bool = field(default=False, metadata={"help": "evaluate the model (e.g. --init_from DIR), no training"})
@@ -495,7 +502,13 @@ def main(argv: list[str] | None = None) -> dict:
         args=training_args,
         train_dataset=train_data,
         eval_dataset=eval_data,
-        data_collator=ASRCollator(processor, encoder_cache, data_args.spec_augment, training_args.seed),
+        data_collator=ASRCollator(
+            processor,
+            encoder_cache,
+            data_args.spec_augment,
+            training_args.seed,
+            reads_tokens and recipe.teacher_readings,
+        ),
         processing_class=processor,
         wer_examples=wer_examples,
         encoder_learning_rate_scale=recipe.encoder_learning_rate_scale,

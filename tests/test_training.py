@@ -324,10 +324,12 @@ def test_ctc_auxiliary_loss_adds_the_weighted_ctc_loss_of_the_llm_batch(tmp_path
 def test_stage_0_reads_the_spoken_form_of_the_transcripts():
     """Case and punctuation are not heard: stage 0's targets are the transcripts in lower case without punctuation,
     each word with its leading space, and the auxiliary loss makes the same targets from the LLM's cased labels."""
-    from tiny_audio.ctc_warmup import CTCWarmup, spoken_form
+    from tiny_audio.ctc_warmup import CTCWarmup
+    from tiny_audio.data import spoken_form
 
     assert spoken_form('Mr. Quilter\'s "gospel", well-known!') == " mr quilter's gospel well known"
     assert spoken_form("'Tis the END...") == " tis the end"
+    assert spoken_form("") == spoken_form(" ... ") == ""
     model, processor = build("tiny-random")
     tones = synthetic_tones("train", 4)
     cased = scan(tones.map(lambda row: {"text": row["text"].capitalize() + "."}), SkipCounter("tones"), 30.0)
@@ -367,6 +369,30 @@ def test_ctc_tokens_model_hands_the_llm_the_embeddings_of_the_tokens_stage_0_hea
         expected = torch.zeros_like(row[:length])
         expected[: len(heard)] = embeddings[readout.token_ids[torch.tensor(heard, dtype=torch.long) - 1]]
         assert torch.equal(row[:length], expected)
+
+
+def test_teacher_readings_put_the_spoken_transcript_where_the_readout_s_reading_goes():
+    """In the LLM stage the LLM reads each transcript's spoken form (cut to the clip's audio tokens) in place of the
+    readout's greedy reading; a non-speech clip reads nothing."""
+    from tiny_audio.ctc_warmup import CTCWarmup
+    from tiny_audio.data import spoken_form
+
+    model, processor = build("tiny-random", projector_output="ctc_tokens")
+    dataset = scan(synthetic_tones("train", 2), SkipCounter("tones"), 30.0)
+    CTCWarmup(model, processor, dataset)  # gives the readout its tokens
+    examples = list(dataset)
+    examples[1] = {**examples[1], "text": ""}
+    batch = ASRCollator(processor, teacher_readings=True)(examples)
+    expected = processor.tokenizer(spoken_form(examples[0]["text"]), add_special_tokens=False)["input_ids"]
+    assert batch["reading_ids"][0].tolist() == expected and (batch["reading_ids"][1] == -100).all()
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        frames, lengths = model.get_audio_features(
+            batch["input_features"], batch["input_features_mask"], reading_ids=batch["reading_ids"]
+        )
+        assert model(**batch).loss.isfinite()
+    assert torch.equal(frames[0, : len(expected)], embeddings[expected])
+    assert not frames[0, len(expected) :].any() and not frames[1].any()
 
 
 def test_ctc_warmup_trains_a_ctc_tokens_model_s_own_readout():

@@ -10,7 +10,6 @@ training.
 
 import logging
 import math
-import re
 
 import torch
 from torch import nn
@@ -18,18 +17,11 @@ from tqdm.auto import tqdm
 
 from modeling_asr import TokenReadout
 from processing_asr import IGNORE_INDEX, load_audio
-from tiny_audio.data import length_grouped_batches
+from tiny_audio.data import length_grouped_batches, spoken_form
 from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parameters
 
 logger = logging.getLogger(__name__)
 BLANK = 0
-NOT_SPOKEN = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
-
-
-def spoken_form(text: str) -> str:
-    """What a listener hears of a transcript: lower case, no punctuation, a space before every word. "The", " The"
-    and " the" are one sound; as one CTC class each word gets all its examples."""
-    return " " + " ".join(NOT_SPOKEN.sub(" ", text.lower()).split())
 
 
 class CTCWarmup:

@@ -3,6 +3,7 @@
 import io
 import logging
 import random
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from datasets import Audio, Dataset, concatenate_datasets, interleave_datasets, 
 from tqdm.auto import tqdm
 
 from configuration_asr import SAMPLING_RATE
-from processing_asr import ASRProcessor, InvalidAudioError, check_audio, load_audio
+from processing_asr import IGNORE_INDEX, ASRProcessor, InvalidAudioError, check_audio, load_audio
 from tiny_audio.augmentation import non_speech_examples
 
 logger = logging.getLogger(__name__)
@@ -247,26 +248,53 @@ def spec_augment(features: torch.Tensor, lengths: torch.Tensor, rng: torch.Gener
     return features
 
 
+NOT_SPOKEN = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
+
+
+def spoken_form(text: str) -> str:
+    """What a listener hears of a transcript: lower case, no punctuation, a space before every word ("" for none).
+    "The", " The" and " the" are one sound; as one CTC class each word gets all its examples."""
+    words = NOT_SPOKEN.sub(" ", text.lower()).split()
+    return " " + " ".join(words) if words else ""
+
+
 @dataclass
 class ASRCollator:
     """Examples -> model batch: features padded to the longest clip of the batch (never 30 s), labels on the
-    transcript only. Examples with a `cache_index` use that entry of `encoder_cache` instead of their audio."""
+    transcript only. Examples with a `cache_index` use that entry of `encoder_cache` instead of their audio. With
+    `teacher_readings`, `reading_ids` hold each transcript's spoken form, for a model whose LLM reads a `TokenReadout`.
+    """
 
     processor: ASRProcessor
     encoder_cache: list | None = None
     spec_augment: bool = False
     seed: int = 0
+    teacher_readings: bool = False
 
     def __post_init__(self):
         self.rng = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, examples: list[dict]) -> dict:
         if "cache_index" in examples[0]:
-            return self._cached_batch(examples)
-        batch = self.processor(audio=[e["audio"] for e in examples], text=[e["text"] for e in examples])
-        if self.spec_augment:
-            spec_augment(batch["input_features"], batch["input_features_mask"].sum(-1), self.rng)
-        return dict(batch)
+            batch = self._cached_batch(examples)
+        else:
+            batch = dict(self.processor(audio=[e["audio"] for e in examples], text=[e["text"] for e in examples]))
+            if self.spec_augment:
+                spec_augment(batch["input_features"], batch["input_features_mask"].sum(-1), self.rng)
+        if self.teacher_readings:
+            batch["reading_ids"] = self._readings(examples, batch["input_ids"])
+        return batch
+
+    def _readings(self, examples: list[dict], input_ids: torch.Tensor) -> torch.Tensor:
+        """The spoken form of each transcript in LLM tokens, cut to its clip's audio tokens, padded with -100."""
+        audio_tokens = (input_ids == self.processor.audio_token_id).sum(-1).tolist()
+        tokenizer = self.processor.tokenizer
+        rows = [
+            tokenizer(spoken_form(e["text"]), add_special_tokens=False)["input_ids"][:n]
+            for e, n in zip(examples, audio_tokens)
+        ]
+        longest = max(map(len, rows))
+        return torch.tensor([row + [IGNORE_INDEX] * (longest - len(row)) for row in rows], dtype=torch.long)
 
     def _cached_batch(self, examples: list[dict]) -> dict:
         cached = [self.encoder_cache[e["cache_index"]] for e in examples]
