@@ -31,8 +31,10 @@ def file_blocks(path: str | Path):
     """Streams a file as 16 kHz mono float32 blocks, so hour-long files never sit in memory whole."""
     with audio_file(path) as opened:
         resampler = soxr.ResampleStream(opened.samplerate, SAMPLING_RATE, 1, dtype="float32")
-        blocks = opened.blocks(blocksize=opened.samplerate * FILE_BLOCK_SECONDS, dtype="float32", always_2d=True)
-        for block in blocks:
+        # read(), not blocks(): an mp3's header can promise more frames than it decodes, and blocks() then hands
+        # back the rest of its buffer unwritten (garbage, sometimes NaN)
+        block_frames = opened.samplerate * FILE_BLOCK_SECONDS
+        while len(block := opened.read(block_frames, dtype="float32", always_2d=True)):
             yield resampler.resample_chunk(block.mean(axis=1))
         yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
