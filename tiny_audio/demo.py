@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--ctc_steps", type=int, default=2500, help="stage 0: CTC warm-up steps of the projector")
     parser.add_argument("--train_minutes", type=float, default=10.0, help="time budget of the LLM stage")
     parser.add_argument(
-        "--max_steps", type=int, default=200, help="LLM steps: the cosine schedule ends within the budget"
+        "--max_steps", type=int, default=100, help="LLM steps: the cosine schedule ends within the budget"
     )
     parser.add_argument("--test_samples", type=int, default=200)
     parser.add_argument(
