@@ -3,9 +3,9 @@
 A projector trained from scratch into a frozen LLM sits on an "ignore the audio" plateau for a long time. Here each
 audio frame is pushed towards the embedding of the token spoken there: the classes of a `TokenReadout` are the LLM's
 input embeddings (cosine similarity times a learned scale, plus a learned blank), restricted to the tokens of the
-training transcripts in their `spoken_form` (lower case, no punctuation: what can be heard). No LLM forward runs, so a step costs a small fraction of a normal one. A model with
-`projector_output="ctc_tokens"` keeps that readout, and feeds the LLM what it reads; otherwise it is dropped after
-training.
+training transcripts in their `spoken_form` (lower case, no punctuation: what can be heard). No LLM forward runs, so
+a step costs a small fraction of a normal one. A model with `projector_output="ctc_tokens"` keeps that readout, and
+feeds the LLM what it reads; otherwise it is dropped after training.
 """
 
 import logging
@@ -81,9 +81,11 @@ class CTCWarmup:
         )
 
     def tokenize(self, text: str) -> list[int]:
+        """LLM token ids of `text`, without special tokens."""
         return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def classes(self, tokens: list[int]) -> torch.Tensor:
+        """CTC classes of LLM token ids; a clear error for tokens that no training transcript holds."""
         unknown = sorted({token for token in tokens if token not in self.class_of})
         if unknown:
             raise ValueError(f"transcript tokens {unknown[:10]} are not among the training transcripts' tokens")
