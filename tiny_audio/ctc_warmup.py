@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from modeling_asr import TokenReadout
 from processing_asr import IGNORE_INDEX, load_audio
-from tiny_audio.data import length_grouped_batches, spoken_form
+from tiny_audio.data import length_grouped_batches, spoken_tokens
 from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parameters
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class CTCWarmup:
         seed=0,
     ):
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
-        tokens = [self.tokenize(spoken_form(text)) for text in dataset["text"]]
+        tokens = [spoken_tokens(processor.tokenizer, text) for text in dataset["text"]]
         self.vocab = sorted({token for row in tokens for token in row})
         self.class_of = {token: position + 1 for position, token in enumerate(self.vocab)}
         self.targets = [self.classes(row) for row in tokens]
@@ -80,10 +80,6 @@ class CTCWarmup:
             zero_infinity=True,
         )
 
-    def tokenize(self, text: str) -> list[int]:
-        """LLM token ids of `text`, without special tokens."""
-        return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def classes(self, tokens: list[int]) -> torch.Tensor:
         """CTC classes of LLM token ids; a clear error for tokens that no training transcript holds."""
         unknown = sorted({token for token in tokens if token not in self.class_of})
@@ -95,7 +91,7 @@ class CTCWarmup:
         """CTC class targets of an LLM batch's labels: the spoken form of each row's transcript (without the
         end-of-turn token)."""
         rows = [self.processor.tokenizer.decode(row[row != IGNORE_INDEX][:-1]) for row in labels]
-        return [self.classes(self.tokenize(spoken_form(text))) for text in rows]
+        return [self.classes(spoken_tokens(self.processor.tokenizer, text)) for text in rows]
 
     def step(self, indices: list[int]) -> float:
         projected, lengths = self._audio_embeddings(indices)

@@ -258,6 +258,11 @@ def spoken_form(text: str) -> str:
     return " " + " ".join(words) if words else ""
 
 
+def spoken_tokens(tokenizer, text: str) -> list[int]:
+    """LLM token ids of the spoken form of `text`: what stage 0 learns to read, and what the LLM reads in training."""
+    return tokenizer(spoken_form(text), add_special_tokens=False)["input_ids"]
+
+
 @dataclass
 class ASRCollator:
     """Examples -> model batch: features padded to the longest clip of the batch (never 30 s), labels on the
@@ -288,11 +293,7 @@ class ASRCollator:
     def _readings(self, examples: list[dict], input_ids: torch.Tensor) -> torch.Tensor:
         """The spoken form of each transcript in LLM tokens, cut to its clip's audio tokens, padded with -100."""
         audio_tokens = (input_ids == self.processor.audio_token_id).sum(-1).tolist()
-        tokenizer = self.processor.tokenizer
-        rows = [
-            tokenizer(spoken_form(e["text"]), add_special_tokens=False)["input_ids"][:n]
-            for e, n in zip(examples, audio_tokens)
-        ]
+        rows = [spoken_tokens(self.processor.tokenizer, e["text"])[:n] for e, n in zip(examples, audio_tokens)]
         longest = max(map(len, rows))
         return torch.tensor([row + [IGNORE_INDEX] * (longest - len(row)) for row in rows], dtype=torch.long)
 
