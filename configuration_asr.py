@@ -1,6 +1,7 @@
 """Configuration of the Tiny Audio speech-LLM: Whisper encoder -> projector -> decoder-only LLM."""
 
 import os
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -35,6 +36,16 @@ def num_audio_tokens(num_samples: int, pad_audio_to_30s: bool = False) -> int:
     """The one definition of "16 kHz samples -> audio tokens" shared by processor and model (12.5 per second)."""
     num_frames = MAX_FEATURE_FRAMES if pad_audio_to_30s else num_samples // HOP_LENGTH
     return int(feature_frames_to_audio_tokens(num_frames)) if num_frames > 0 else 0
+
+
+NOT_SPOKEN = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
+
+
+def spoken_form(text: str) -> str:
+    """What a listener hears of a transcript: lower case, no punctuation, a space before every word ("" for none).
+    "The", " The" and " the" are one sound: stage 0 reads this form, and generation keeps to the words it read."""
+    words = NOT_SPOKEN.sub(" ", text.lower()).split()
+    return " " + " ".join(words) if words else ""
 
 
 # The processor's settings, kept in the config too; both take their defaults from here.
@@ -248,4 +259,11 @@ class ASRConfig(PreTrainedConfig):
         return int(self.min_new_tokens_cap + self.max_new_tokens_per_second * num_samples / SAMPLING_RATE)
 
 
-__all__ = ["ASRConfig", "check_user_prompt", "from_pretrained_or_mirror", "hub_reachable", "num_audio_tokens"]
+__all__ = [
+    "ASRConfig",
+    "check_user_prompt",
+    "from_pretrained_or_mirror",
+    "hub_reachable",
+    "num_audio_tokens",
+    "spoken_form",
+]

@@ -103,10 +103,13 @@ def shared_prefix_length(input_ids: torch.Tensor, starts: list[int], audio_token
     return length if all(torch.equal(prefix, prefixes[0]) for prefix in prefixes) else 0
 
 
-def prefill_clip_by_clip(model, input_ids, attention_mask, input_features, input_features_mask) -> DynamicCache:
+def prefill_clip_by_clip(
+    model, input_ids, attention_mask, input_features, input_features_mask, reading_ids=None
+) -> DynamicCache:
     """The KV cache of every prompt but its last token, merged into one left-padded batch cache; `generate` then
     runs the last prompt token and decodes the batch. The text before the audio, the same in every prompt, is
-    prefilled once; after it, each clip is encoded and prefilled alone, at its own length."""
+    prefilled once; after it, each clip is encoded and prefilled alone, at its own length (a `TokenReadout` model's
+    clips: their `reading_ids`)."""
     width = input_ids.shape[1] - 1
     decoder, text_config = model.language_model.get_decoder(), model.language_model.config
     starts = (width + 1 - attention_mask.sum(-1)).tolist()
@@ -121,6 +124,7 @@ def prefill_clip_by_clip(model, input_ids, attention_mask, input_features, input
             input_ids[row : row + 1, start + prefix_length : width],
             input_features[row : row + 1, :, :frames],
             input_features_mask[row : row + 1, :frames],
+            reading_ids=None if reading_ids is None else reading_ids[row : row + 1],
         )
         caches.append(copy.deepcopy(prefix))
         decoder(inputs_embeds=inputs_embeds, cache=caches[-1], use_cache=True)

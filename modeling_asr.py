@@ -11,6 +11,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import (
     AutoModelForCausalLM,
     GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     StoppingCriteria,
     StoppingCriteriaList,
@@ -26,7 +28,9 @@ try:
         MAX_FEATURE_FRAMES,
         ASRConfig,
         conv_output_length,
+        feature_frames_to_audio_tokens,
         from_pretrained_or_mirror,
+        spoken_form,
     )
     from .cpu_inference_asr import (
         CLIP_BY_CLIP_MIN_WIDTH,
@@ -40,7 +44,9 @@ except ImportError:
         MAX_FEATURE_FRAMES,
         ASRConfig,
         conv_output_length,
+        feature_frames_to_audio_tokens,
         from_pretrained_or_mirror,
+        spoken_form,
     )
     from cpu_inference_asr import (
         CLIP_BY_CLIP_MIN_WIDTH,
@@ -171,29 +177,33 @@ class TokenReadout(nn.Module):
         scaled = nn.functional.normalize(frames.float(), dim=-1) * self.log_scale.exp()
         return (scaled.bfloat16() @ classes.T).float()
 
-    def reading_embeddings(self, frames, lengths, token_embeddings, reading_ids=None) -> torch.Tensor:
-        """(batch, frames, llm_dim) with valid `lengths` -> the input embeddings of the greedy CTC reading (repeats
-        collapsed, blanks dropped) at the start of each clip's frames, then zeros. The LLM reads the tokens side by
-        side, as it reads text, so copying them is what it already does well.
-
-        `reading_ids` (batch, tokens), LLM ids padded with -100, replace the greedy reading: training feeds the
-        transcript as a perfect readout would read it, so the LLM learns to copy, not to rewrite what it is given."""
+    @torch.no_grad()
+    def greedy_reading(self, frames: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor):
+        """(batch, frames, llm_dim) with valid `lengths` -> the greedy CTC reading (repeats collapsed, blanks dropped)
+        as LLM ids (batch, tokens), padded with -100."""
         if not self.token_mask.any():
             raise ValueError("the projector's token readout has no tokens yet: train it with the CTC warm-up first")
-        if reading_ids is None:
-            classes = self(frames, token_embeddings).argmax(-1)
-            heard = (classes != 0) & lengths_to_mask(lengths.to(classes.device), classes.shape[1])
-            heard[:, 1:] &= classes[:, 1:] != classes[:, :-1]
-            rows, columns = heard.nonzero(as_tuple=True)
-            positions = heard.cumsum(-1)[rows, columns] - 1
-            ids = self.token_ids[classes[rows, columns] - 1]
-        else:
-            if reading_ids.shape[1] > frames.shape[1]:
-                raise ValueError(f"readings of {reading_ids.shape[1]} tokens do not fit {frames.shape[1]} audio frames")
-            rows, positions = (reading_ids != -100).nonzero(as_tuple=True)
-            ids = reading_ids[rows, positions]
-        reading = token_embeddings.new_zeros(*frames.shape[:2], token_embeddings.shape[1])
-        reading[rows, positions] = token_embeddings[ids]
+        classes = self(frames, token_embeddings).argmax(-1)
+        heard = (classes != 0) & lengths_to_mask(lengths.to(classes.device), classes.shape[1])
+        heard[:, 1:] &= classes[:, 1:] != classes[:, :-1]
+        rows, columns = heard.nonzero(as_tuple=True)
+        positions = heard.cumsum(-1)[rows, columns] - 1
+        reading_ids = classes.new_full((classes.shape[0], int(heard.sum(-1).max())), -100)
+        reading_ids[rows, positions] = self.token_ids[classes[rows, columns] - 1]
+        return reading_ids
+
+    @staticmethod
+    def reading_embeddings(reading_ids: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor):
+        """A reading (LLM ids padded with -100) -> its input embeddings at the start of each clip's `lengths` audio
+        positions, then zeros (batch, max(lengths), llm_dim). The LLM reads the tokens side by side, as it reads text,
+        so copying them is what it already does well. Training feeds each transcript's spoken form (what a perfect
+        readout would read), so the LLM learns to copy, not to rewrite what it is given."""
+        read = (reading_ids != -100).sum(-1)
+        if (read > lengths.to(read.device)).any():
+            raise ValueError(f"readings of {read.tolist()} tokens do not fit {lengths.tolist()} audio positions")
+        rows, positions = (reading_ids != -100).nonzero(as_tuple=True)
+        reading = token_embeddings.new_zeros(reading_ids.shape[0], int(lengths.max()), token_embeddings.shape[1])
+        reading[rows, positions] = token_embeddings[reading_ids[rows, positions]]
         return reading
 
 
@@ -236,6 +246,74 @@ class AudioLengthStoppingCriteria(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         return (input_ids.shape[1] - self.prompt_length) >= self.max_new_tokens.to(input_ids.device)
+
+
+class ReadingConstraint(LogitsProcessor):
+    """Keeps greedy decoding to the words of each clip's `TokenReadout` reading. A step takes the best of the
+    `candidates` top-scoring tokens whose text, in spoken form, still leads into the reading's (else the reading's
+    own next token), and the end of turn only once every word is written. The LLM adds case and punctuation; where
+    its copy of a long or odd reading slips, it cannot skip, repeat or invent words."""
+
+    def __init__(self, tokenizer, reading_ids: torch.Tensor, prompt_length: int, end_token_ids, candidates: int = 16):
+        self.tokenizer, self.prompt_length, self.candidates = tokenizer, prompt_length, candidates
+        self.end_token_ids = [end_token_ids] if isinstance(end_token_ids, int) else list(end_token_ids)
+        self.readings, self.next_reading_tokens = [], []
+        for row in reading_ids:
+            ids = row[row != -100].tolist()
+            self.readings.append(spoken_form(tokenizer.decode(ids)))
+            following = {}  # what the reading has said before each of its tokens -> that token
+            for index, token in enumerate(ids):
+                following.setdefault(spoken_form(tokenizer.decode(ids[:index])), token)
+            self.next_reading_tokens.append(following)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        constrained = scores.clone()
+        for row in range(len(self.readings)):
+            written = input_ids[row, self.prompt_length :].tolist()
+            if any(token in self.end_token_ids for token in written):
+                continue  # finished: generate pads this row
+            token = self.next_token(row, written, scores[row])
+            constrained[row] = float("-inf")
+            constrained[row, token] = scores[row, token]
+        return constrained
+
+    def next_token(self, row: int, written: list[int], scores: torch.Tensor) -> int:
+        """The best-scoring candidate that keeps to the reading; else the reading's own next token (or the next piece
+        of its text, inside a word the LLM spelt its own way); else the end of turn."""
+        reading, text = self.readings[row], self.tokenizer.decode(written, skip_special_tokens=True)
+        said = spoken_form(text)
+        if said == reading and not self.word_open(text):
+            return self.end_token_ids[0]  # nothing left to say: punctuation cannot run on, nor open a silent clip
+        for token in scores.topk(min(self.candidates, scores.shape[-1])).indices.tolist():
+            if token in self.end_token_ids:
+                if said == reading:
+                    return token
+            elif self.leads_into(reading, text, written + [token]):
+                return token
+        rest = reading[len(said) :] if reading.startswith(said) else ""
+        for token in (
+            self.next_reading_tokens[row].get(said),
+            *self.tokenizer(rest, add_special_tokens=False)["input_ids"][:1],
+        ):
+            if token is not None and self.leads_into(reading, text, written + [token]):
+                return token
+        return self.end_token_ids[0]
+
+    def leads_into(self, reading: str, text: str, tokens: list[int]) -> bool:
+        """Whether `tokens`, which extend `text`, still begin `reading` in spoken form: a word they close (with a space
+        or punctuation) closes there in the reading too, and a token that says nothing new follows a word."""
+        extended = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        said = spoken_form(extended)
+        if not reading.startswith(said) or (said == spoken_form(text) and not self.word_open(text)):
+            return False
+        if extended.endswith("'"):
+            return reading[len(said) :].startswith("'")
+        return self.word_open(extended) or len(said) == len(reading) or reading[len(said)] == " "
+
+    @staticmethod
+    def word_open(text: str) -> bool:
+        """Whether `text` ends inside a word, which the next token may go on."""
+        return bool(text) and (text[-1].isalnum() or text[-1] in "_'")
 
 
 class ASRPreTrainedModel(PreTrainedModel):
@@ -449,12 +527,27 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
     ):
         """Mel features (batch, mels, frames), or cached outputs of the frozen encoder layers
         `{"audio": (hidden_states, lengths)}`, -> the LLM's audio embeddings (batch, tokens, llm_dim) and lengths.
-        `reading_ids`: see `TokenReadout.reading_embeddings`."""
+
+        With a `TokenReadout` these embed its greedy reading, or the given `reading_ids` (LLM ids padded with -100),
+        which then spare the encoder: only the number of audio positions is needed."""
+        readout = self.projector.readout
+        if readout is None:
+            return self.project_audio(input_features, input_features_mask, mm_encoder_outputs)
+        if reading_ids is None:
+            reading_ids = self.read_audio(input_features, input_features_mask, mm_encoder_outputs)
+        if mm_encoder_outputs is not None:
+            lengths = conv_output_length(conv_output_length(mm_encoder_outputs["audio"][1]))
+        else:
+            lengths = feature_frames_to_audio_tokens(input_features_mask.sum(-1))
+        return readout.reading_embeddings(reading_ids, lengths, self.get_input_embeddings().weight), lengths
+
+    @torch.no_grad()
+    def read_audio(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None) -> torch.Tensor:
+        """The `TokenReadout`'s greedy reading of each clip: LLM ids (batch, tokens), padded with -100."""
+        if self.projector.readout is None:
+            raise ValueError('read_audio needs a TokenReadout (projector_output="ctc_tokens")')
         frames, lengths = self.project_audio(input_features, input_features_mask, mm_encoder_outputs)
-        if self.projector.readout is not None:
-            embeddings = self.get_input_embeddings().weight
-            frames = self.projector.readout.reading_embeddings(frames, lengths, embeddings, reading_ids)
-        return frames, lengths
+        return self.projector.readout.greedy_reading(frames, lengths, self.get_input_embeddings().weight)
 
     def project_audio(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
         """`get_audio_features` up to the projector's output (before any `TokenReadout`)."""
@@ -555,13 +648,17 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         input_features=None,
         input_features_mask=None,
         attention_mask=None,
+        tokenizer=None,
         clip_by_clip_min_width: int = CLIP_BY_CLIP_MIN_WIDTH,
         **kwargs,
     ):
         """Greedy decoding with the KV cache; each clip's new tokens are capped by its duration unless
         `max_new_tokens` is given. Returns prompt + generated ids, like any decoder-only `generate`. On CPU an LLM at
         least `clip_by_clip_min_width` wide prefills a batch clip by clip, and float32 linear layers run through oneDNN
-        (both in `cpu_inference_asr.py`)."""
+        (both in `cpu_inference_asr.py`).
+
+        With a `TokenReadout`, each clip is read once (`read_audio`, or the `reading_ids` given) and, given the
+        `tokenizer`, a `ReadingConstraint` keeps the transcript to the reading's words."""
         if input_features_mask is not None and "max_new_tokens" not in kwargs:
             num_samples = input_features_mask.sum(-1).cpu() * HOP_LENGTH
             caps = torch.tensor([self.config.max_new_tokens_for(int(n)) for n in num_samples])
@@ -569,6 +666,12 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [*kwargs.get("stopping_criteria", []), AudioLengthStoppingCriteria(input_ids.shape[1], caps)]
             )
+        if self.projector.readout is not None and input_features is not None and kwargs.get("reading_ids") is None:
+            kwargs["reading_ids"] = self.read_audio(input_features, input_features_mask)
+        if tokenizer is not None and kwargs.get("reading_ids") is not None:
+            end_token_ids = kwargs.get("eos_token_id", self.generation_config.eos_token_id)
+            constraint = ReadingConstraint(tokenizer, kwargs["reading_ids"], input_ids.shape[1], end_token_ids)
+            kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), constraint])
         with onednn_linear_layers(self):
             if (
                 input_features is not None
@@ -577,14 +680,21 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             ):
                 with sdpa_kernel(ATTENTION_BACKENDS):
                     kwargs["cache"] = prefill_clip_by_clip(
-                        self, input_ids, attention_mask, input_features, input_features_mask
+                        self, input_ids, attention_mask, input_features, input_features_mask, kwargs.get("reading_ids")
                     )
             else:
                 kwargs.update(input_features=input_features, input_features_mask=input_features_mask)
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, tokenizer=tokenizer, **kwargs)
 
 
 ASRConfig.register_for_auto_class()
 ASRModel.register_for_auto_class("AutoModel")
 
-__all__ = ["ASRModel", "ASRPreTrainedModel", "AudioProjector", "SplitWhisperEncoder", "TokenReadout"]
+__all__ = [
+    "ASRModel",
+    "ASRPreTrainedModel",
+    "AudioProjector",
+    "ReadingConstraint",
+    "SplitWhisperEncoder",
+    "TokenReadout",
+]

@@ -146,7 +146,8 @@ class ASRPipeline(ChunkPipeline):
     than `chunk_length_s` (the model config's, at most 30 s) is split at quiet points and transcribed whole; `return_timestamps=True` adds the
     start and end of each piece. Clips of a batch (`batch_size`) are decoded together; a list of inputs is run
     longest first, so each batch holds clips of similar length (little padding), and results keep the input order.
-    A `LoopGuard` stops and trims repeated phrases; `loop_guard=False` turns it off.
+    A `LoopGuard` stops and trims repeated phrases; `loop_guard=False` turns it off. A model whose LLM reads a
+    `TokenReadout` keeps to the words of that reading (`ReadingConstraint`); `follow_reading=False` lets it write freely.
     """
 
     _load_processor = True
@@ -178,6 +179,7 @@ class ASRPipeline(ChunkPipeline):
         max_new_tokens=None,
         streamer=None,
         loop_guard=None,
+        follow_reading=None,
         **kwargs,
     ):
         preprocess = {k: v for k, v in {"chunk_length_s": chunk_length_s, "sampling_rate": sampling_rate}.items() if v}
@@ -188,6 +190,8 @@ class ASRPipeline(ChunkPipeline):
             forward["streamer"] = streamer
         if loop_guard is not None:
             forward["loop_guard"] = loop_guard
+        if follow_reading is not None:
+            forward["follow_reading"] = follow_reading
         postprocess = {"return_timestamps": return_timestamps} if return_timestamps is not None else {}
         return preprocess, forward, postprocess
 
@@ -213,7 +217,7 @@ class ASRPipeline(ChunkPipeline):
             "end": (offset + chunk.size) / SAMPLING_RATE,
         }
 
-    def _forward(self, model_inputs, loop_guard: bool = True, **generate_kwargs):
+    def _forward(self, model_inputs, loop_guard: bool = True, follow_reading: bool = True, **generate_kwargs):
         batched = isinstance(model_inputs["start"], list)
         items = model_inputs if batched else {key: [value] for key, value in model_inputs.items()}
         texts = [""] * len(items["audio"])
@@ -227,6 +231,8 @@ class ASRPipeline(ChunkPipeline):
                     [*generate_kwargs.get("stopping_criteria", []), guard]
                 )
             end_of_turn, pad = self.processor.end_of_turn_token_id, self.processor.tokenizer.pad_token_id
+            if follow_reading:
+                generate_kwargs["tokenizer"] = self.processor.tokenizer  # a TokenReadout model keeps to its reading
             generated = self.model.generate(**inputs, eos_token_id=end_of_turn, pad_token_id=pad, **generate_kwargs)
             rows = []
             for row in generated[:, prompt_length:].tolist():

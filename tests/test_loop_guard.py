@@ -1,4 +1,5 @@
-"""The pipeline's loop guard: a model that repeats a phrase stops early with one copy; other output is unchanged."""
+"""Generation that cannot run on: the pipeline's loop guard stops a model that repeats a phrase, with one copy, and
+leaves other output unchanged; a model whose LLM reads a `TokenReadout` writes the words of its reading, once."""
 
 import copy
 from types import SimpleNamespace
@@ -7,7 +8,11 @@ import pytest
 import torch
 from conftest import noise
 
+from configuration_asr import spoken_form
 from pipeline_asr import ASRPipeline, LoopGuard
+from tiny_audio.ctc_warmup import CTCWarmup
+from tiny_audio.data import SkipCounter, scan, synthetic_tones
+from tiny_audio.presets import build
 
 PHRASE = " see the water"  # three distinct tokens of the offline tokenizer
 LONG_PHRASE = (  # 42 distinct tokens of the offline tokenizer: longer than the loops the guard looks for
@@ -163,3 +168,57 @@ def test_parameters_come_from_the_model_config():
     assert guard.trim(ids("the best of the best of the best of")) == ids("the best of the best of the best of")
     with pytest.raises(ValueError, match="min_repeats >= 2"):
         LoopGuard(0, min_repeats=1)
+
+
+@pytest.fixture(scope="module")
+def reading_model():
+    """A tiny random model whose LLM reads a `TokenReadout` (given its tokens by the CTC warm-up), and its processor."""
+    model, processor = build("tiny-random", projector_output="ctc_tokens")
+    CTCWarmup(model, processor, scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0))
+    return model.eval(), processor
+
+
+@pytest.mark.parametrize("reading", [" see the water", " see the cold water", " water see the", ""])
+def test_a_looping_model_writes_the_words_of_its_reading_once(reading_model, reading):
+    model, processor = reading_model
+    asr = ASRPipeline(model=scripted_model(model, processor, PHRASE, then_end=False), processor=processor)
+    reading_ids = processor.tokenizer(reading, add_special_tokens=False, return_tensors="pt").input_ids
+    clip = noise(5.0, seed=1)
+    assert spoken_form(asr(clip, reading_ids=reading_ids, loop_guard=False)["text"]) == reading
+    free = asr(clip, reading_ids=reading_ids, loop_guard=False, follow_reading=False)["text"]
+    assert free.startswith(f"{PHRASE.strip()} {PHRASE.strip()}")
+
+
+def test_a_model_that_says_its_reading_is_left_as_it_is(reading_model):
+    model, processor = reading_model
+    asr = ASRPipeline(model=scripted_model(model, processor, PHRASE, then_end=True), processor=processor)
+    reading_ids = processor.tokenizer(PHRASE, add_special_tokens=False, return_tensors="pt").input_ids
+    clip = noise(5.0, seed=1)
+    assert (
+        asr(clip, reading_ids=reading_ids)["text"]
+        == asr(clip, reading_ids=reading_ids, follow_reading=False)["text"]
+        == PHRASE.strip()
+    )
+
+
+def test_generate_reads_each_clip_once_and_keeps_to_that_reading(reading_model, monkeypatch):
+    """The readout's own reading is what the LLM prefills and what the transcript keeps to, and the encoder runs once
+    per batch: the prefill embeds the reading without encoding the audio again."""
+    model, processor = reading_model
+    batch = processor(audio=[noise(seconds, seed=4) for seconds in (2.0, 6.0)])
+    readings = [
+        spoken_form(processor.tokenizer.decode(row[row != -100]))
+        for row in model.read_audio(batch["input_features"], batch["input_features_mask"])
+    ]
+    assert any(readings)
+    encoder_runs = []
+    forward_frozen = model.audio_encoder.forward_frozen
+    monkeypatch.setattr(
+        model.audio_encoder, "forward_frozen", lambda *args: encoder_runs.append(1) or forward_frozen(*args)
+    )
+    generated = model.generate(
+        **batch, tokenizer=processor.tokenizer, eos_token_id=processor.end_of_turn_token_id, max_new_tokens=100
+    )
+    texts = processor.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert [spoken_form(text) for text in texts] == readings
+    assert encoder_runs == [1]

@@ -530,10 +530,14 @@ def test_token_readout_hands_the_llm_its_greedy_reading_side_by_side():
     blank = readout.blank.detach()
     spoken = [[5, 5, None, 5, 2, None, 7], [7, None, 2, 2, 7, 7, 7]]  # row 0 is padded after 6 frames, row 1 after 3
     frames = torch.stack([torch.stack([blank if t is None else embeddings[t] for t in row]) for row in spoken])
+    lengths = torch.tensor([6, 3])
+    reading_ids = readout.greedy_reading(frames, lengths, embeddings)
+    assert reading_ids.tolist() == [[5, 5, 2], [7, 2, -100]]
     with torch.no_grad():
-        reading = readout.reading_embeddings(frames, torch.tensor([6, 3]), embeddings)
+        reading = readout.reading_embeddings(reading_ids, lengths, embeddings)
     zeros = torch.zeros(16)
-    expected = [[5, 5, 2, None, None, None, None], [7, 2, None, None, None, None, None]]
+    expected = [[5, 5, 2, None, None, None], [7, 2, None, None, None, None]]
+    assert reading.shape == (2, 6, 16)
     for row, tokens in zip(reading, expected):
         for frame, token in zip(row, tokens):
             assert torch.equal(frame, zeros if token is None else embeddings[token])

@@ -324,8 +324,8 @@ def test_ctc_auxiliary_loss_adds_the_weighted_ctc_loss_of_the_llm_batch(tmp_path
 def test_stage_0_reads_the_spoken_form_of_the_transcripts():
     """Case and punctuation are not heard: stage 0's targets are the transcripts in lower case without punctuation,
     each word with its leading space, and the auxiliary loss makes the same targets from the LLM's cased labels."""
+    from configuration_asr import spoken_form
     from tiny_audio.ctc_warmup import CTCWarmup
-    from tiny_audio.data import spoken_form
 
     assert spoken_form('Mr. Quilter\'s "gospel", well-known!') == " mr quilter's gospel well known"
     assert spoken_form("'Tis the END...") == " tis the end"
@@ -374,8 +374,8 @@ def test_ctc_tokens_model_hands_the_llm_the_embeddings_of_the_tokens_stage_0_hea
 def test_teacher_readings_put_the_spoken_transcript_where_the_readout_s_reading_goes():
     """In the LLM stage the LLM reads each transcript's spoken form (cut to the clip's audio tokens) in place of the
     readout's greedy reading; a non-speech clip reads nothing."""
+    from configuration_asr import spoken_form
     from tiny_audio.ctc_warmup import CTCWarmup
-    from tiny_audio.data import spoken_form
 
     model, processor = build("tiny-random", projector_output="ctc_tokens")
     dataset = scan(synthetic_tones("train", 2), SkipCounter("tones"), 30.0)

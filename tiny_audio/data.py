@@ -3,7 +3,6 @@
 import io
 import logging
 import random
-import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import torch
 from datasets import Audio, Dataset, concatenate_datasets, interleave_datasets, load_dataset
 from tqdm.auto import tqdm
 
-from configuration_asr import SAMPLING_RATE
+from configuration_asr import SAMPLING_RATE, spoken_form
 from processing_asr import IGNORE_INDEX, ASRProcessor, InvalidAudioError, check_audio, load_audio
 from tiny_audio.augmentation import non_speech_examples
 
@@ -246,16 +245,6 @@ def spec_augment(features: torch.Tensor, lengths: torch.Tensor, rng: torch.Gener
             start = int(torch.randint(0, features.shape[1] - width, (1,), generator=rng))
             features[row, start : start + width, :] = 0
     return features
-
-
-NOT_SPOKEN = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
-
-
-def spoken_form(text: str) -> str:
-    """What a listener hears of a transcript: lower case, no punctuation, a space before every word ("" for none).
-    "The", " The" and " the" are one sound; as one CTC class each word gets all its examples."""
-    words = NOT_SPOKEN.sub(" ", text.lower()).split()
-    return " " + " ".join(words) if words else ""
 
 
 def spoken_tokens(tokenizer, text: str) -> list[int]:
