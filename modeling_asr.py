@@ -149,8 +149,8 @@ class TokenReadout(nn.Module):
     """Reads projector frames as a CTC posterior over [blank] + the LLM tokens marked in `token_mask`: scaled cosine
     similarity with their input embeddings, plus a learned blank. Stage 0 trains it with CTC.
 
-    With `projector_output="ctc_tokens"` it also feeds the LLM (`reading_embeddings`): the input embeddings of its
-    greedy reading. The LLM then reads inputs of its own kind whatever the voice, instead of projector frames that
+    With `projector_output="ctc_tokens"` it also feeds the LLM: the input embeddings (`reading_embeddings`) of its
+    `greedy_reading`. The LLM then reads inputs of its own kind whatever the voice, instead of projector frames that
     drift off its inputs on speech unlike the training voices."""
 
     def __init__(self, vocab_size: int, hidden_size: int, init_scale: float = 10.0):
@@ -606,7 +606,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         mm_encoder_outputs (`dict`): `{"audio": (hidden_states, lengths)}` of a cached `audio_encoder.forward_frozen`
             run, instead of features.
         reading_ids (`torch.LongTensor` of shape `(batch, tokens)`): with a `TokenReadout`, LLM ids (padded with -100)
-            that the LLM reads instead of the readout's reading; training feeds each transcript's spoken form.
+            that the LLM reads instead of the readout's reading (the audio is then not encoded): training feeds each
+            transcript's spoken form, `generate` the reading it made once.
         labels (`torch.LongTensor`): target ids, -100 everywhere but the transcript and its end-of-turn token. The LM
             head then runs only on those positions.
         """

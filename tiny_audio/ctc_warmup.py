@@ -129,10 +129,5 @@ class CTCWarmup:
         """Greedy CTC reading of clips (collapse repeats, drop blanks): how well the audio frames alone read."""
         batch = self.processor(audio=clips)
         projected, lengths = self.model.project_audio(batch["input_features"], batch["input_features_mask"])
-        best = self.head(projected, self.model.get_input_embeddings().weight).argmax(-1)
-        texts = []
-        for row, length in zip(best, lengths):
-            classes = torch.unique_consecutive(row[:length]).tolist()
-            tokens = [self.vocab[c - 1] for c in classes if c != BLANK]
-            texts.append(self.processor.tokenizer.decode(tokens).strip())
-        return texts
+        readings = self.head.greedy_reading(projected, lengths, self.model.get_input_embeddings().weight)
+        return [self.processor.tokenizer.decode(row[row != IGNORE_INDEX]).strip() for row in readings]

@@ -175,6 +175,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--max_samples", type=int, default=200, help="with --dataset_name")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--no_loop_guard", action="store_true", help="turn off the pipeline's loop guard")
+    parser.add_argument(
+        "--no_follow_reading", action="store_true", help="let a TokenReadout model write freely (no ReadingConstraint)"
+    )
     parser.add_argument("--no_non_speech", action="store_true", help="skip the non-speech hallucination set")
     parser.add_argument("--show", type=int, default=5, help="print this many reference/hypothesis pairs")
     parser.add_argument("--output_json", default=None, help="also write the summary to this file")
@@ -199,6 +202,8 @@ def main(argv=None) -> dict:
         asr, call_kwargs = ASRPipeline(model=loaded.model, processor=loaded.processor), {}
         if args.no_loop_guard:
             call_kwargs["loop_guard"] = False
+        if args.no_follow_reading:
+            call_kwargs["follow_reading"] = False
     result = score(asr, examples, args.batch_size, **call_kwargs)
     if not args.no_non_speech:
         result.update(score_non_speech(asr, non_speech_clips(), args.batch_size, **call_kwargs))
