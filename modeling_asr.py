@@ -671,6 +671,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             kwargs["reading_ids"] = self.read_audio(input_features, input_features_mask)
         if tokenizer is not None and kwargs.get("reading_ids") is not None:
             end_token_ids = kwargs.get("eos_token_id", self.generation_config.eos_token_id)
+            if end_token_ids is None:
+                raise ValueError("keeping to the reading needs an end of turn: pass eos_token_id to generate")
             constraint = ReadingConstraint(tokenizer, kwargs["reading_ids"], input_ids.shape[1], end_token_ids)
             kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), constraint])
         with onednn_linear_layers(self):

@@ -222,3 +222,11 @@ def test_generate_reads_each_clip_once_and_keeps_to_that_reading(reading_model, 
     texts = processor.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     assert [spoken_form(text) for text in texts] == readings
     assert encoder_runs == [1]
+
+
+def test_keeping_to_the_reading_without_an_end_of_turn_is_refused(reading_model):
+    model = copy.deepcopy(reading_model[0])
+    processor = reading_model[1]
+    model.generation_config.eos_token_id = None
+    with pytest.raises(ValueError, match="needs an end of turn: pass eos_token_id"):
+        model.generate(**processor(audio=[noise(1.0)]), tokenizer=processor.tokenizer)
