@@ -257,14 +257,8 @@ class ReadingConstraint(LogitsProcessor):
     def __init__(self, tokenizer, reading_ids: torch.Tensor, prompt_length: int, end_token_ids, candidates: int = 16):
         self.tokenizer, self.prompt_length, self.candidates = tokenizer, prompt_length, candidates
         self.end_token_ids = [end_token_ids] if isinstance(end_token_ids, int) else list(end_token_ids)
-        self.readings, self.next_reading_tokens = [], []
-        for row in reading_ids:
-            ids = row[row != -100].tolist()
-            self.readings.append(spoken_form(tokenizer.decode(ids)))
-            following = {}  # what the reading has said before each of its tokens -> that token
-            for index, token in enumerate(ids):
-                following.setdefault(spoken_form(tokenizer.decode(ids[:index])), token)
-            self.next_reading_tokens.append(following)
+        self.reading_ids = [row[row != -100].tolist() for row in reading_ids]
+        self.readings = [spoken_form(tokenizer.decode(ids)) for ids in self.reading_ids]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         constrained = scores.clone()
@@ -281,34 +275,42 @@ class ReadingConstraint(LogitsProcessor):
         """The best-scoring candidate that keeps to the reading; else the reading's own next token (or the next piece
         of its text, inside a word the LLM spelt its own way); else the end of turn."""
         reading, text = self.readings[row], self.tokenizer.decode(written, skip_special_tokens=True)
-        said = spoken_form(text)
-        if said == reading and not self.word_open(text):
+        said, word_open = spoken_form(text), self.word_open(text)
+        if said == reading and not word_open:
             return self.end_token_ids[0]  # nothing left to say: punctuation cannot run on, nor open a silent clip
         for token in scores.topk(min(self.candidates, scores.shape[-1])).indices.tolist():
             if token in self.end_token_ids:
                 if said == reading:
                     return token
-            elif self.leads_into(reading, text, written + [token]):
+            elif self.leads_into(reading, said, word_open, written + [token]):
                 return token
-        rest = reading[len(said) :] if reading.startswith(said) else ""
-        for token in (
-            self.next_reading_tokens[row].get(said),
-            *self.tokenizer(rest, add_special_tokens=False)["input_ids"][:1],
-        ):
-            if token is not None and self.leads_into(reading, text, written + [token]):
+        for token in self.reading_continuations(row, said):
+            if self.leads_into(reading, said, word_open, written + [token]):
                 return token
         return self.end_token_ids[0]
 
-    def leads_into(self, reading: str, text: str, tokens: list[int]) -> bool:
-        """Whether `tokens`, which extend `text`, still begin `reading` in spoken form: a word they close (with a space
-        or punctuation) closes there in the reading too, and a token that says nothing new follows a word."""
+    def reading_continuations(self, row: int, said: str):
+        """Tokens that go on from `said`: the reading's own token after it, then the first token of the rest of its
+        text (`said` ends inside a word the LLM spelt its own way). Only the rare step that no candidate suits."""
+        ids, reading = self.reading_ids[row], self.readings[row]
+        for index, token in enumerate(ids):
+            if spoken_form(self.tokenizer.decode(ids[:index])) == said:
+                yield token
+                break
+        if reading.startswith(said):
+            yield from self.tokenizer(reading[len(said) :], add_special_tokens=False)["input_ids"][:1]
+
+    def leads_into(self, reading: str, said: str, word_open: bool, tokens: list[int]) -> bool:
+        """Whether `tokens`, which extend a text that says `said` (and ends inside a word when `word_open`), still
+        begin `reading` in spoken form: a word they close (with a space or punctuation) closes there in the reading
+        too, and a token that says nothing new follows a word."""
         extended = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        said = spoken_form(extended)
-        if not reading.startswith(said) or (said == spoken_form(text) and not self.word_open(text)):
+        said_after = spoken_form(extended)
+        if not reading.startswith(said_after) or (said_after == said and not word_open):
             return False
         if extended.endswith("'"):
-            return reading[len(said) :].startswith("'")
-        return self.word_open(extended) or len(said) == len(reading) or reading[len(said)] == " "
+            return reading[len(said_after) :].startswith("'")
+        return self.word_open(extended) or len(said_after) == len(reading) or reading[len(said_after)] == " "
 
     @staticmethod
     def word_open(text: str) -> bool:
