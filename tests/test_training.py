@@ -427,6 +427,21 @@ def test_ctc_warmup_scores_along_the_way_with_the_projector_in_eval_mode():
     assert modes == [False, False] and model.projector.training
 
 
+@pytest.mark.parametrize("base_dtype", [torch.float32, torch.bfloat16])
+def test_ctc_warmup_runs_bfloat16_matmuls_on_bfloat16_bases_and_keeps_float32_weights(base_dtype):
+    from tiny_audio.ctc_warmup import CTCWarmup
+
+    model, processor = build("tiny-random", projector_output="ctc_tokens")
+    model.audio_encoder.to(base_dtype), model.language_model.to(base_dtype)  # as --base_dtype loads pretrained bases
+    warmup = CTCWarmup(model, processor, scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0), batch_size=4)
+    computed = []
+    model.projector.linear1.register_forward_hook(lambda module, args, output: computed.append(output.dtype))
+    losses = [warmup.step([0, 1, 2, 3]) for _ in range(20)]
+    assert set(computed) == {base_dtype}
+    assert {p.dtype for p in model.projector.parameters()} == {torch.float32}
+    assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
 def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatch):
     import hub_push
 

@@ -4,8 +4,10 @@ A projector trained from scratch into a frozen LLM sits on an "ignore the audio"
 audio frame is pushed towards the embedding of the token spoken there: the classes of a `TokenReadout` are the LLM's
 input embeddings (cosine similarity times a learned scale, plus a learned blank), restricted to the tokens of the
 training transcripts in their `spoken_form` (lower case, no punctuation: what can be heard). No LLM forward runs, so
-a step costs a small fraction of a normal one. A model with `projector_output="ctc_tokens"` keeps that readout, and
-feeds the LLM what it reads; otherwise it is dropped after training.
+a step costs a small fraction of a normal one. When the frozen bases run in bfloat16 (a machine where it is fast), the
+projector runs under bfloat16 autocast; the trained weights and the optimizer stay float32. A model with
+`projector_output="ctc_tokens"` keeps that readout, and feeds the LLM what it reads; otherwise it is dropped after
+training.
 """
 
 import logging
@@ -58,15 +60,24 @@ class CTCWarmup:
         for group in self.optimizer.param_groups:
             group["initial_lr"] = group["lr"]  # the peak of the cosine schedule in `train`
         self.batches = length_grouped_batches(list(dataset["length"]), batch_size, seed)
+        self.bfloat16 = model.get_input_embeddings().weight.dtype == torch.bfloat16
+
+    def autocast(self):
+        """bfloat16 matmuls for the projector's training steps when the bases run in bfloat16, else a no-op (the
+        readout's similarities are bfloat16 either way)."""
+        device = self.model.projector.conv1.weight.device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.bfloat16)
 
     def _audio_embeddings(self, indices: list[int]):
         if self.encoder_cache is not None:
             cached = [self.encoder_cache[i]["hidden_states"] for i in indices]
             lengths = torch.tensor([c.shape[0] for c in cached])
             hidden = nn.utils.rnn.pad_sequence(cached, batch_first=True).float()
-            return self.model.project_audio(mm_encoder_outputs={"audio": (hidden, lengths)})
+            with self.autocast():
+                return self.model.project_audio(mm_encoder_outputs={"audio": (hidden, lengths)})
         batch = self.processor(audio=[load_audio(self.dataset[i]["audio"]) for i in indices])
-        return self.model.project_audio(batch["input_features"], batch["input_features_mask"])
+        with self.autocast():
+            return self.model.project_audio(batch["input_features"], batch["input_features_mask"])
 
     def loss(self, projected: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
         """CTC loss of projector outputs (batch, frames, llm_dim) with valid `lengths` against class `targets`."""
