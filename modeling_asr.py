@@ -234,7 +234,9 @@ class AudioProjector(nn.Module):
             hidden_states = nn.functional.gelu(conv(hidden_states))
             lengths = conv_output_length(lengths)
         hidden_states = self.linear2(self.act(self.linear1(hidden_states.transpose(1, 2))))
-        return self.norm(hidden_states), lengths
+        # in the norm's own dtype: under autocast the linear layers return bfloat16, and a float32 weight would miss
+        # the fused kernel
+        return self.norm(hidden_states.to(self.norm.weight.dtype)), lengths
 
 
 class AudioLengthStoppingCriteria(StoppingCriteria):

@@ -427,6 +427,7 @@ def test_ctc_warmup_scores_along_the_way_with_the_projector_in_eval_mode():
     assert modes == [False, False] and model.projector.training
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. a norm that misses its fused kernel under autocast
 @pytest.mark.parametrize("base_dtype", [torch.float32, torch.bfloat16])
 def test_ctc_warmup_runs_bfloat16_matmuls_on_bfloat16_bases_and_keeps_float32_weights(base_dtype):
     from tiny_audio.ctc_warmup import CTCWarmup
