@@ -18,10 +18,9 @@ import torch
 from datasets import Dataset
 
 from benchmarks.common import machine_info, timed, write_results
+from configuration_asr import HOP_LENGTH, SAMPLING_RATE, conv_output_length
 from tiny_audio.ctc_warmup import CTCWarmup
 from tiny_audio.presets import build
-
-ENCODER_FRAMES_PER_SECOND = 50
 
 
 def parse_args(argv=None):
@@ -43,7 +42,7 @@ def corpus_transcripts(corpus: Path) -> Dataset:
 
 def random_encoder_cache(lengths: list[float], width: int, seed: int) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
-    frames = [max(1, round(seconds * ENCODER_FRAMES_PER_SECOND)) for seconds in lengths]
+    frames = [max(1, conv_output_length(round(seconds * SAMPLING_RATE) // HOP_LENGTH)) for seconds in lengths]
     return [{"hidden_states": torch.randn(n, width, generator=generator).half()} for n in frames]
 
 

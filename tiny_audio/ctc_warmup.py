@@ -73,11 +73,12 @@ class CTCWarmup:
             cached = [self.encoder_cache[i]["hidden_states"] for i in indices]
             lengths = torch.tensor([c.shape[0] for c in cached])
             hidden = nn.utils.rnn.pad_sequence(cached, batch_first=True).float()
-            with self.autocast():
-                return self.model.project_audio(mm_encoder_outputs={"audio": (hidden, lengths)})
-        batch = self.processor(audio=[load_audio(self.dataset[i]["audio"]) for i in indices])
+            inputs = {"mm_encoder_outputs": {"audio": (hidden, lengths)}}
+        else:
+            batch = self.processor(audio=[load_audio(self.dataset[i]["audio"]) for i in indices])
+            inputs = {"input_features": batch["input_features"], "input_features_mask": batch["input_features_mask"]}
         with self.autocast():
-            return self.model.project_audio(batch["input_features"], batch["input_features_mask"])
+            return self.model.project_audio(**inputs)
 
     def loss(self, projected: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
         """CTC loss of projector outputs (batch, frames, llm_dim) with valid `lengths` against class `targets`."""
