@@ -171,11 +171,12 @@ class TokenReadout(nn.Module):
 
     def forward(self, frames: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
         """(batch, frames, llm_dim) -> CTC logits (batch, frames, 1 + tokens); `token_embeddings`: the LLM's table."""
-        classes = torch.cat([self.blank[None], token_embeddings[self.token_ids].float()])
-        # bfloat16 similarities: ample precision for cosines, and fast on CPUs with avx512_bf16 and on GPUs
-        classes = nn.functional.normalize(classes, dim=-1).bfloat16()
         scaled = nn.functional.normalize(frames.float(), dim=-1) * self.log_scale.exp()
-        return (scaled.bfloat16() @ classes.T).float()
+        blank = scaled @ nn.functional.normalize(self.blank, dim=-1)[:, None]
+        # the frozen table apart from the learned blank: backward never computes a gradient for the whole table.
+        # bfloat16 similarities: ample precision for cosines, and fast on CPUs with avx512_bf16 and on GPUs
+        tokens = nn.functional.normalize(token_embeddings[self.token_ids].float(), dim=-1).bfloat16()
+        return torch.cat([blank.float(), scaled.bfloat16() @ tokens.T], dim=-1)  # float32, one pass
 
     @torch.no_grad()
     def greedy_reading(self, frames: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor):
