@@ -47,7 +47,7 @@ FORMAT_VERSION = 2
 # Share of the clips each engine speaks (renormalized over the installed ones).  The neural voices carry over to
 # people best, so hibari and piper speak most clips (README: "What moved it"); Kokoro costs the most CPU per clip, so
 # it keeps a small share that holds `make corpus` within minutes.
-ENGINE_SHARES = {"espeak": 15, "flite": 25, "hibari": 40, "piper": 18, "kokoro": 2}
+ENGINE_SHARES = {"espeak": 15, "flite": 25, "hibari": 41, "piper": 18, "kokoro": 1}
 AUGMENT_FRACTION = 0.6
 LONG_FRACTION = 0.3
 SENTENCES_PER_LONG_CLIP = (2, 3)
