@@ -6,7 +6,7 @@ greedy CTC reading on the synthetic validation split and on real recordings.
 Stage 0 costs a fraction of a full run (no LLM forward), so it is the cheap A/B for what happens before the LLM:
 encoder, corpus size, trained encoder layers. Real recordings longer than `--piece_seconds` are split at quiet points,
 as the pipeline splits them. Results go to
-benchmarks/results/ctc_readout-<preset>[-trained-encoder-N][-<corpus folder>].json and .md.
+benchmarks/results/ctc_readout-<preset>[-trained-encoder-N][-steps-N][-lr-LR][-<corpus folder>].json and .md.
 """
 
 import argparse
@@ -26,6 +26,7 @@ from tiny_audio.evaluation import read_manifest, word_error_rate
 from tiny_audio.presets import build
 
 DEFAULT_CORPUS = "outputs/speech_corpus"
+STEPS, LEARNING_RATE = 2500, 1e-3
 
 
 def read_clip(warmup: CTCWarmup, clip, piece_seconds: float) -> str:
@@ -45,9 +46,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--model_preset", default="tiny", help="tiny (Whisper tiny.en) or tiny-base (Whisper base)")
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
     parser.add_argument("--train_samples", type=int, default=6000)
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--learning_rate", type=float, default=LEARNING_RATE)
     parser.add_argument("--trained_encoder_layers", type=int, default=0)
     parser.add_argument("--validation_samples", type=int, default=100)
     parser.add_argument("--real_speech", default=None, help="folder with manifest.jsonl, e.g. ../shared/speech")
@@ -96,6 +97,8 @@ def main(argv=None) -> dict:
     path = write_results(
         f"ctc_readout-{args.model_preset}"
         + (f"-trained-encoder-{args.trained_encoder_layers}" if args.trained_encoder_layers else "")
+        + (f"-steps-{args.steps}" if args.steps != STEPS else "")
+        + (f"-lr-{args.learning_rate:g}" if args.learning_rate != LEARNING_RATE else "")
         + (f"-{Path(args.corpus).name}" if args.corpus != DEFAULT_CORPUS else ""),
         {
             "title": f"Greedy CTC reading after stage 0 alone ({args.model_preset})",
