@@ -172,8 +172,8 @@ class TokenReadout(nn.Module):
     def forward(self, frames: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
         """(batch, frames, llm_dim) -> CTC logits (batch, frames, 1 + tokens); `token_embeddings`: the LLM's table."""
         scaled = nn.functional.normalize(frames.float(), dim=-1) * self.log_scale.exp()
+        # the learned blank apart from the frozen table: backward never computes a gradient for the whole table
         blank = scaled @ nn.functional.normalize(self.blank, dim=-1)[:, None]
-        # the frozen table apart from the learned blank: backward never computes a gradient for the whole table.
         # bfloat16 similarities: ample precision for cosines, and fast on CPUs with avx512_bf16 and on GPUs
         tokens = nn.functional.normalize(token_embeddings[self.token_ids].float(), dim=-1).bfloat16()
         return torch.cat([blank.float(), scaled.bfloat16() @ tokens.T], dim=-1)  # float32, one pass
