@@ -1,5 +1,7 @@
 """Training data: datasets from the Hub or a local folder, decoding with per-reason skip counts, batching, collation."""
 
+import ctypes
+import ctypes.util
 import io
 import logging
 import random
@@ -311,7 +313,21 @@ def build_encoder_cache(model, processor: ASRProcessor, dataset: Dataset, batch_
         hidden, lengths = model.audio_encoder.forward_frozen(batch["input_features"], frames)
         for row, index in enumerate(indices):
             cache[index] = {"hidden_states": hidden[row, : lengths[row]].half(), "num_samples": clips[row].size}
+        del batch, hidden
+        release_freed_heap()
     return cache
+
+
+def release_freed_heap():
+    """Hands freed heap memory back to the system, where the C library can (glibc's `malloc_trim`).
+
+    Each batch's large temporary tensors are freed between small cache entries that stay; glibc keeps those holes
+    and the process grows by far more than the cache holds, until a long run's cache no longer fits in memory.
+    """
+    library = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+    if trim is not None:
+        trim(0)
 
 
 def length_grouped_batches(lengths: list[float], batch_size: int, seed: int, mega_batches: int = 50):
