@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import functools
 import io
 import logging
 import random
@@ -324,10 +325,16 @@ def release_freed_heap():
     Each batch's large temporary tensors are freed between small cache entries that stay; glibc keeps those holes
     and the process grows by far more than the cache holds, until a long run's cache no longer fits in memory.
     """
-    library = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+    trim = malloc_trim()
     if trim is not None:
         trim(0)
+
+
+@functools.cache
+def malloc_trim():
+    """The C library's `malloc_trim`, looked up once (finding the library runs a subprocess); None without one."""
+    library = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
 
 
 def length_grouped_batches(lengths: list[float], batch_size: int, seed: int, mega_batches: int = 50):
