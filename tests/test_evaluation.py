@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from pipeline_asr import ASRPipeline
 from tiny_audio import evaluation
 from tiny_audio.data import tone_clip
 from tiny_audio.evaluation import (
+    error_breakdown,
     non_speech_clips,
     read_manifest,
     score,
@@ -122,6 +124,25 @@ def test_the_non_speech_rate_counts_made_up_words():
     assert result["non_speech_hypotheses"]["brown_noise"] == "Hello there."
 
 
+def test_the_error_breakdown_counts_each_reference_word_once_by_its_training_count():
+    references = ["The cat sat.", "A dog ran far.", "(music)"]  # the last normalises to nothing: left out
+    hypotheses = ["the bat", "a dog ran far away", "words"]
+    counts = Counter({"the": 30, "cat": 3, "sat": 1, "a": 25, "dog": 7})  # "ran" and "far" never occur
+    breakdown = error_breakdown(references, hypotheses, counts)
+    assert breakdown["substituted"] == breakdown["deleted"] == breakdown["inserted"] == pytest.approx(1 / 7)
+    by_count = breakdown["by_training_count"]
+    assert {name: entry["share"] * 7 for name, entry in by_count.items()} == pytest.approx(
+        {"unseen": 2, "once": 1, "2-4": 1, "5-19": 1, "20+": 2}
+    )
+    assert {name: entry["wrong"] for name, entry in by_count.items()} == {
+        "unseen": 0.0,
+        "once": 1.0,
+        "2-4": 1.0,
+        "5-19": 0.0,
+        "20+": 0.0,
+    }
+
+
 def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "non_speech_clips", lambda: synthetic_non_speech_clips(seconds=1.0))
     folder = tmp_path / "speech"
@@ -130,18 +151,23 @@ def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest
     (folder / "manifest.jsonl").write_text("\n".join(lines))
     for name in ("one.wav", "two.flac"):
         shutil.copy(manifest_folder / name, folder)
+    corpus = tmp_path / "corpus"
+    (corpus / "train").mkdir(parents=True)
+    (corpus / "train" / "metadata.csv").write_text("file_name,text\n000000.flac,Red cat and two words.\n")
     output = tmp_path / "summary.json"
     args = ["--model", str(model_dir), "--manifest", str(folder), "--output_json", str(output)]
-    summary = evaluation.main(args)
+    summary = evaluation.main(args + ["--train_corpus", str(corpus)])
     assert set(summary) == {
         "wer",
         "rtfx",
         "samples",
+        "errors",
         "non_speech_clips",
         "words_per_non_speech_clip",
         "non_speech_clips_with_text",
         "source",
     }
+    assert summary["errors"]["by_training_count"]["once"]["share"] == 1.0  # every reference word occurs once
     assert summary["samples"] == 2 and summary["non_speech_clips"] == 7 and summary["source"] == str(folder)
     assert 0 <= summary["non_speech_clips_with_text"] <= 1 and summary["wer"] >= 0
     assert json.loads(output.read_text()) == summary

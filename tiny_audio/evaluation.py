@@ -7,12 +7,19 @@
 A manifest folder holds `manifest.jsonl`, one JSON object per line with `file` (relative to the folder) and `text`;
 its clips may have any format, rate and length (longer than 30 s: the pipeline splits them). Every run also
 transcribes a fixed non-speech set (noise, tones, and music loops when Debian's `sonic-pi-samples` is installed) and
-reports how many words the model makes up there. The last line printed is the JSON summary.
+reports how many words the model makes up there. `--train_corpus` adds where the errors are: the share of reference
+words substituted, deleted and inserted, and how often the words a model gets wrong occur in that corpus's training
+transcripts (a readout of whole tokens can only write words it was trained on). The last line printed is the JSON
+summary.
+
+    python -m tiny_audio.evaluation --model outputs/demo --manifest ../shared/speech --train_corpus outputs/speech_corpus
 """
 
 import argparse
+import csv
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import jiwer
@@ -29,15 +36,60 @@ from tiny_audio.data import SkipCounter, open_dataset, scan
 
 normalize = EnglishTextNormalizer({})
 NON_SPEECH_SECONDS = 6.0
+# `error_breakdown`'s bins of how often a reference word occurs in the training transcripts (lowest, highest)
+TRAINING_COUNT_BINS = {"unseen": (0, 0), "once": (1, 1), "2-4": (2, 4), "5-19": (5, 19), "20+": (20, None)}
 
 
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER after Whisper's English normalizer (references that normalise to nothing are left out)."""
+def normalized_pairs(references: list[str], hypotheses: list[str]) -> tuple[list[str], list[str]]:
+    """References and hypotheses after Whisper's English normalizer, without the references that normalise to
+    nothing."""
     pairs = [(normalize(r), normalize(h)) for r, h in zip(references, hypotheses)]
     pairs = [(r, h) for r, h in pairs if r.strip()]
     if not pairs:
         raise ValueError("no non-empty references to score")
-    return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
+    return [r for r, _ in pairs], [h for _, h in pairs]
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER after Whisper's English normalizer (references that normalise to nothing are left out)."""
+    return jiwer.wer(*normalized_pairs(references, hypotheses))
+
+
+def training_count_bin(count: int) -> str:
+    """The `TRAINING_COUNT_BINS` name for a word that the training transcripts hold `count` times."""
+    return next(
+        name for name, (low, high) in TRAINING_COUNT_BINS.items() if low <= count <= (count if high is None else high)
+    )
+
+
+def error_breakdown(references: list[str], hypotheses: list[str], training_counts: Counter) -> dict:
+    """Where the word errors are, after the English normalizer: substitutions, deletions and insertions per reference
+    word, and for each `TRAINING_COUNT_BINS` bin of how often a reference word occurs in `training_counts`, its share
+    of the reference words and the share of those that were substituted or deleted."""
+    alignment = jiwer.process_words(*normalized_pairs(references, hypotheses))
+    words, wrong = Counter(), Counter()
+    for reference, chunks in zip(alignment.references, alignment.alignments):
+        for chunk in chunks:
+            for word in reference[chunk.ref_start_idx : chunk.ref_end_idx]:
+                name = training_count_bin(training_counts[word])
+                words[name] += 1
+                wrong[name] += chunk.type != "equal"
+    total = sum(words.values())
+    return {
+        "substituted": alignment.substitutions / total,
+        "deleted": alignment.deletions / total,
+        "inserted": alignment.insertions / total,
+        "by_training_count": {
+            name: {"share": words[name] / total, "wrong": wrong[name] / words[name] if words[name] else 0.0}
+            for name in TRAINING_COUNT_BINS
+        },
+    }
+
+
+def training_word_counts(corpus: str | Path) -> Counter:
+    """How often each normalized word occurs in the transcripts of `corpus/train/metadata.csv`."""
+    with open(Path(corpus) / "train" / "metadata.csv", newline="") as file:
+        return Counter(word for row in csv.DictReader(file) for word in normalize(row["text"]).split())
 
 
 def read_manifest(folder: str | Path) -> list[dict]:
@@ -179,6 +231,9 @@ def main(argv=None) -> dict:
         "--no_follow_reading", action="store_true", help="let a TokenReadout model write freely (no ReadingConstraint)"
     )
     parser.add_argument("--no_non_speech", action="store_true", help="skip the non-speech hallucination set")
+    parser.add_argument(
+        "--train_corpus", default=None, help="a speech_corpus folder: break the errors down by training word counts"
+    )
     parser.add_argument("--show", type=int, default=5, help="print this many reference/hypothesis pairs")
     parser.add_argument("--output_json", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
@@ -205,6 +260,18 @@ def main(argv=None) -> dict:
         if args.no_follow_reading:
             call_kwargs["follow_reading"] = False
     result = score(asr, examples, args.batch_size, **call_kwargs)
+    if args.train_corpus:
+        references = [example["text"] for example in examples]
+        breakdown = error_breakdown(references, result["hypotheses"], training_word_counts(args.train_corpus))
+        result["errors"] = breakdown
+        print(
+            f"reference words substituted {breakdown['substituted']:.1%}, deleted {breakdown['deleted']:.1%}, "
+            f"inserted {breakdown['inserted']:.1%}"
+        )
+        for name, entry in breakdown["by_training_count"].items():
+            print(
+                f"{name:>6} in training: {entry['share']:6.1%} of the reference words, {entry['wrong']:4.0%} of them wrong"
+            )
     if not args.no_non_speech:
         result.update(score_non_speech(asr, non_speech_clips(), args.batch_size, **call_kwargs))
     for example, hypothesis in list(zip(examples, result["hypotheses"]))[: args.show]:
