@@ -16,7 +16,6 @@ summary.
 """
 
 import argparse
-import csv
 import json
 import time
 from collections import Counter
@@ -36,8 +35,8 @@ from tiny_audio.data import SkipCounter, open_dataset, scan
 
 normalize = EnglishTextNormalizer({})
 NON_SPEECH_SECONDS = 6.0
-# `error_breakdown`'s bins of how often a reference word occurs in the training transcripts (lowest, highest)
-TRAINING_COUNT_BINS = {"unseen": (0, 0), "once": (1, 1), "2-4": (2, 4), "5-19": (5, 19), "20+": (20, None)}
+# `error_breakdown`'s bins of how often a reference word occurs in the training transcripts: name -> fewest times
+TRAINING_COUNT_BINS = {"unseen": 0, "once": 1, "2-4": 2, "5-19": 5, "20+": 20}
 
 
 def normalized_pairs(references: list[str], hypotheses: list[str]) -> tuple[list[str], list[str]]:
@@ -57,9 +56,7 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
 
 def training_count_bin(count: int) -> str:
     """The `TRAINING_COUNT_BINS` name for a word that the training transcripts hold `count` times."""
-    return next(
-        name for name, (low, high) in TRAINING_COUNT_BINS.items() if low <= count <= (count if high is None else high)
-    )
+    return [name for name, fewest in TRAINING_COUNT_BINS.items() if count >= fewest][-1]
 
 
 def error_breakdown(references: list[str], hypotheses: list[str], training_counts: Counter) -> dict:
@@ -87,9 +84,9 @@ def error_breakdown(references: list[str], hypotheses: list[str], training_count
 
 
 def training_word_counts(corpus: str | Path) -> Counter:
-    """How often each normalized word occurs in the transcripts of `corpus/train/metadata.csv`."""
-    with open(Path(corpus) / "train" / "metadata.csv", newline="") as file:
-        return Counter(word for row in csv.DictReader(file) for word in normalize(row["text"]).split())
+    """How often each normalized word occurs in the transcripts of a local corpus's train split."""
+    train = open_dataset(str(corpus), None, "train", "audio", "text", False)
+    return Counter(word for text in train["text"] for word in normalize(text).split())
 
 
 def read_manifest(folder: str | Path) -> list[dict]:
