@@ -151,13 +151,9 @@ class TokenReadout(nn.Module):
 
     With `projector_output="ctc_tokens"` it also feeds the LLM: the input embeddings (`reading_embeddings`) of its
     `greedy_reading`. The LLM then reads inputs of its own kind whatever the voice, instead of projector frames that
-    drift off its inputs on speech unlike the training voices.
+    drift off its inputs on speech unlike the training voices."""
 
-    The scale on the cosines is learned in log space from `init_scale`. Started low, it climbs only at the optimizer's
-    pace, and a posterior over thousands of tokens stays too flat for most of a short stage 0 (README, "What moved
-    it")."""
-
-    def __init__(self, vocab_size: int, hidden_size: int, init_scale: float = 40.0):
+    def __init__(self, vocab_size: int, hidden_size: int, init_scale: float = 10.0):
         super().__init__()
         self.register_buffer("token_mask", torch.zeros(vocab_size, dtype=torch.bool))
         self.blank = nn.Parameter(torch.randn(hidden_size) * 0.02)

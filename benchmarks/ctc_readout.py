@@ -4,12 +4,13 @@ greedy CTC reading on the synthetic validation split and on real recordings.
     python -m benchmarks.ctc_readout --model_preset tiny-base --real_speech ../shared/speech
 
 Stage 0 costs a fraction of a full run (no LLM forward), so it is the cheap A/B for what happens before the LLM:
-encoder, corpus size, trained encoder layers. Real recordings longer than `--piece_seconds` are split at quiet points,
-as the pipeline splits them. Results go to
-benchmarks/results/ctc_readout-<preset>[-trained-encoder-N][-steps-N][-lr-LR][-<corpus folder>].json and .md.
+encoder, corpus size, trained encoder layers, learning rate, the readout's starting scale. Real recordings longer than
+`--piece_seconds` are split at quiet points, as the pipeline splits them. Results go to
+benchmarks/results/ctc_readout-<preset>[-trained-encoder-N][-steps-N][-lr-LR][-scale-S][-<corpus folder>].json and .md.
 """
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=LEARNING_RATE)
+    parser.add_argument(
+        "--readout_scale", type=float, default=None, help="start the readout's cosine scale here (default: the model's)"
+    )
     parser.add_argument("--trained_encoder_layers", type=int, default=0)
     parser.add_argument("--validation_samples", type=int, default=100)
     parser.add_argument("--real_speech", default=None, help="folder with manifest.jsonl, e.g. ../shared/speech")
@@ -68,6 +72,8 @@ def main(argv=None) -> dict:
     cache = build_encoder_cache(model, processor, train)
     cache_seconds = time.perf_counter() - start
     warmup = CTCWarmup(model, processor, train, cache, args.batch_size, args.learning_rate, 0.1)
+    if args.readout_scale:
+        warmup.head.log_scale.data.fill_(math.log(args.readout_scale))
     real = read_manifest(args.real_speech) if args.real_speech else []
     evaluate = (lambda: {"real_speech_wer": readout_wer(warmup, real, args.piece_seconds)}) if real else None
     start = time.perf_counter()
@@ -99,6 +105,7 @@ def main(argv=None) -> dict:
         + (f"-trained-encoder-{args.trained_encoder_layers}" if args.trained_encoder_layers else "")
         + (f"-steps-{args.steps}" if args.steps != STEPS else "")
         + (f"-lr-{args.learning_rate:g}" if args.learning_rate != LEARNING_RATE else "")
+        + (f"-scale-{args.readout_scale:g}" if args.readout_scale else "")
         + (f"-{Path(args.corpus).name}" if args.corpus != DEFAULT_CORPUS else ""),
         {
             "title": f"Greedy CTC reading after stage 0 alone ({args.model_preset})",
