@@ -134,6 +134,10 @@ class ASRConfig(PreTrainedConfig):
         projector_output (`str`): what the LLM gets from the projector: `"embeddings"`, its output as is, or
             `"ctc_tokens"`, the input embeddings of what the projector's CTC readout (`TokenReadout`, trained by the
             CTC warm-up) reads, token after token. The LLM stage then trains only LoRA (no gradient passes a reading).
+        readout_spelling_buckets / readout_spelling_width (`int`): the `TokenReadout`'s class vector of a token adds,
+            to the token's input embedding, a learned vector of its spelling (the token and its character 1- to
+            4-grams, hashed into this many buckets of this width), so that a word heard a few times in training shares
+            what it learns with words spelled alike. 0 buckets: the input embeddings alone.
         audio_token (`str`): placeholder the processor expands to one token per audio frame.
         audio_token_id (`int`): its id in the tokenizer (may lie outside the LLM's embedding table; never embedded).
         system_prompt / user_prompt (`str`): the chat prompt; `user_prompt` must contain `audio_token`.
@@ -196,6 +200,8 @@ class ASRConfig(PreTrainedConfig):
     projector_hidden_size: int | None = None
     projector_init_scale: float | None = None
     projector_output: str = "embeddings"
+    readout_spelling_buckets: int = 0
+    readout_spelling_width: int = 128
     audio_token: str = DEFAULT_AUDIO_TOKEN
     audio_token_id: int | None = None
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
@@ -219,6 +225,11 @@ class ASRConfig(PreTrainedConfig):
             self.projector_hidden_size = self.text_config.hidden_size
         if self.projector_output not in PROJECTOR_OUTPUTS:
             raise ValueError(f"projector_output must be one of {PROJECTOR_OUTPUTS}, got {self.projector_output!r}")
+        if self.readout_spelling_buckets < 0 or self.readout_spelling_width < 1:
+            raise ValueError(
+                "readout_spelling_buckets must be >= 0 and readout_spelling_width >= 1, got "
+                f"{self.readout_spelling_buckets} and {self.readout_spelling_width}"
+            )
         if not 0 <= self.trained_encoder_layers <= self.audio_config.encoder_layers:
             raise ValueError(
                 f"trained_encoder_layers must lie in [0, {self.audio_config.encoder_layers}] (the encoder's depth), "

@@ -2,6 +2,7 @@
 
 import math
 import shutil
+import zlib
 from pathlib import Path
 
 import torch
@@ -145,19 +146,74 @@ class SplitWhisperEncoder(WhisperEncoder):
         return hidden_states
 
 
+class TokenSpelling(nn.Module):
+    """A learned vector of each token's spelling: the sum of hashed embeddings of the token itself and of its character
+    1- to 4-grams (a leading "<" marks a word's start), mapped to the LLM's width. A `TokenReadout` adds it to the
+    token's input embedding, whose meaning says nothing of how the word sounds: a word heard a few times in training
+    then shares what it learns with words spelled alike."""
+
+    max_features = 32
+
+    def __init__(self, vocab_size: int, hidden_size: int, buckets: int, width: int):
+        super().__init__()
+        self.buckets = buckets
+        # bucket + 1 of each feature of each token; 0 pads, and tokens the readout does not read have no features
+        self.register_buffer("features", torch.zeros(vocab_size, self.max_features, dtype=torch.int32))
+        self.embedding = nn.EmbeddingBag(buckets + 1, width, mode="sum", padding_idx=0)
+        self.to_hidden = nn.Linear(width, hidden_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Spelling vectors start at zero, so that a readout starts from the input embeddings alone."""
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        nn.init.zeros_(self.to_hidden.weight)
+
+    def spelling_features(self, text: str) -> list[int]:
+        """Buckets (+ 1) of a token's text and its character n-grams, the text first."""
+        word = "<" + text[1:] if text.startswith(" ") else text
+        grams = ["token:" + word] + [word[i : i + n] for n in range(1, 5) for i in range(len(word) - n + 1)]
+        buckets = dict.fromkeys(1 + zlib.crc32(gram.encode()) % self.buckets for gram in grams)
+        return list(buckets)[: self.max_features]
+
+    @torch.no_grad()
+    def set_spellings(self, token_ids: list[int], texts: list[str]) -> None:
+        """The features of each of `token_ids` from its text (the tokenizer's); every other token has none."""
+        self.features.zero_()
+        for token, text in zip(token_ids, texts, strict=True):
+            features = self.spelling_features(text)
+            self.features[token, : len(features)] = torch.tensor(features, dtype=torch.int32)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """(tokens,) LLM ids -> (tokens, hidden_size) spelling vectors."""
+        return self.to_hidden(self.embedding(self.features[token_ids].long()))
+
+
 class TokenReadout(nn.Module):
     """Reads projector frames as a CTC posterior over [blank] + the LLM tokens marked in `token_mask`: scaled cosine
     similarity with their input embeddings, plus a learned blank. Stage 0 trains it with CTC.
 
     With `projector_output="ctc_tokens"` it also feeds the LLM: the input embeddings (`reading_embeddings`) of its
     `greedy_reading`. The LLM then reads inputs of its own kind whatever the voice, instead of projector frames that
-    drift off its inputs on speech unlike the training voices."""
+    drift off its inputs on speech unlike the training voices.
 
-    def __init__(self, vocab_size: int, hidden_size: int, init_scale: float = 10.0):
+    With `spelling_buckets` > 0, each token's class vector adds a `TokenSpelling` vector to its input embedding."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        init_scale: float = 10.0,
+        spelling_buckets: int = 0,
+        spelling_width: int = 128,
+    ):
         super().__init__()
         self.register_buffer("token_mask", torch.zeros(vocab_size, dtype=torch.bool))
         self.blank = nn.Parameter(torch.randn(hidden_size) * 0.02)
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.spelling = (
+            TokenSpelling(vocab_size, hidden_size, spelling_buckets, spelling_width) if spelling_buckets else None
+        )
 
     @property
     def token_ids(self) -> torch.Tensor:
@@ -165,9 +221,22 @@ class TokenReadout(nn.Module):
         return self.token_mask.nonzero().squeeze(-1)
 
     @torch.no_grad()
-    def set_tokens(self, token_ids: list[int]) -> None:
+    def set_tokens(self, token_ids: list[int], texts: list[str] | None = None) -> None:
+        """The LLM tokens to read; a readout with a `TokenSpelling` also needs each one's text (the tokenizer's)."""
+        if self.spelling is not None:
+            if texts is None:
+                raise ValueError("a TokenReadout with spelling vectors needs the text of each token it reads")
+            self.spelling.set_spellings(token_ids, texts)
         self.token_mask.zero_()
         self.token_mask[token_ids] = True
+
+    def class_vectors(self, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """Unit vectors of the tokens read (tokens, llm_dim): their input embeddings, plus their spelling vectors."""
+        token_ids = self.token_ids
+        vectors = nn.functional.normalize(token_embeddings[token_ids].float(), dim=-1)
+        if self.spelling is not None:
+            vectors = vectors + self.spelling(token_ids).float()
+        return nn.functional.normalize(vectors, dim=-1)
 
     def forward(self, frames: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
         """(batch, frames, llm_dim) -> CTC logits (batch, frames, 1 + tokens); `token_embeddings`: the LLM's table."""
@@ -175,7 +244,7 @@ class TokenReadout(nn.Module):
         # the learned blank apart from the frozen table: backward never computes a gradient for the whole table
         blank = scaled @ nn.functional.normalize(self.blank, dim=-1)[:, None]
         # bfloat16 similarities: ample precision for cosines, and fast on CPUs with avx512_bf16 and on GPUs
-        tokens = nn.functional.normalize(token_embeddings[self.token_ids].float(), dim=-1).bfloat16()
+        tokens = self.class_vectors(token_embeddings).bfloat16()
         return torch.cat([blank.float(), scaled.bfloat16() @ tokens.T], dim=-1)  # float32, one pass
 
     @torch.no_grad()
@@ -221,9 +290,14 @@ class AudioProjector(nn.Module):
         self.act = nn.GELU()
         self.linear2 = nn.Linear(config.projector_hidden_size, llm_dim)
         self.norm = nn.RMSNorm(llm_dim, eps=1e-6)
-        self.readout = (
-            TokenReadout(config.text_config.vocab_size, llm_dim) if config.projector_output == "ctc_tokens" else None
-        )
+        self.readout = None
+        if config.projector_output == "ctc_tokens":
+            self.readout = TokenReadout(
+                config.text_config.vocab_size,
+                llm_dim,
+                spelling_buckets=config.readout_spelling_buckets,
+                spelling_width=config.readout_spelling_width,
+            )
 
     def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, frames, audio_dim) with valid lengths -> (batch, frames / 4, llm_dim) and their valid lengths."""
@@ -329,6 +403,11 @@ class ASRPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _no_split_modules = ["WhisperEncoderLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, TokenSpelling):  # after its children's generic initialisation
+            module.reset_parameters()
 
 
 class ASRModel(ASRPreTrainedModel, GenerationMixin):

@@ -150,6 +150,13 @@ class ModelArguments:
             "--ctc_warmup_steps)"
         },
     )
+    readout_spelling_buckets: int | None = field(
+        default=None,
+        metadata={
+            "help": "a fresh model's buckets of token spelling n-grams in its CTC readout's class vectors, when not "
+            "the model preset's (0: the LLM's input embeddings alone)"
+        },
+    )
     base_dtype: str = field(
         default="float32",
         metadata={
@@ -337,6 +344,11 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
             lora_target_modules=targets,
             trained_encoder_layers=model_args.trained_encoder_layers,
             **({"projector_output": model_args.projector_output} if model_args.projector_output else {}),
+            **(
+                {"readout_spelling_buckets": model_args.readout_spelling_buckets}
+                if model_args.readout_spelling_buckets is not None
+                else {}
+            ),
         )
     return model, processor
 

@@ -561,3 +561,43 @@ def test_token_readout_scores_blank_then_tokens_by_scaled_cosine_and_trains_only
     logits.sum().backward()
     assert embeddings.grad is None
     assert readout.blank.grad.abs().sum() > 0 and readout.log_scale.grad != 0 and frames.grad.abs().sum() > 0
+
+
+def test_token_spelling_starts_at_zero_and_links_only_tokens_spelled_alike():
+    """A readout with spelling vectors starts exactly where one without starts (the input embeddings alone). What one
+    token's class vector learns through its n-grams moves the class vector of a token spelled alike, and leaves a
+    token that shares no n-gram with it where it was."""
+    from modeling_asr import TokenReadout
+
+    torch.manual_seed(0)
+    embeddings = torch.randn(10, 16)
+    texts = {2: " cotton", 5: " cottage", 7: "zebra"}  # "zebra" continues a word: no "<"
+    plain = TokenReadout(10, 16)
+    spelled = TokenReadout(10, 16, spelling_buckets=4096, spelling_width=8)
+    spelled.load_state_dict(plain.state_dict(), strict=False)  # the same blank and scale
+    plain.set_tokens(list(texts))
+    spelled.set_tokens(list(texts), list(texts.values()))
+    frames = torch.randn(2, 3, 16)
+    torch.testing.assert_close(spelled(frames, embeddings), plain(frames, embeddings))
+
+    features = {token: set(spelled.spelling.features[token].tolist()) - {0} for token in texts}
+    assert features[2] & features[5] and not features[2] & features[7]
+    nn.init.normal_(spelled.spelling.to_hidden.weight)  # as after some training
+    before = spelled.class_vectors(embeddings).detach()
+    spelled.class_vectors(embeddings)[0].sum().backward()  # class 0 is token 2, " cotton"
+    with torch.no_grad():
+        spelled.spelling.embedding.weight -= spelled.spelling.embedding.weight.grad
+    after = spelled.class_vectors(embeddings).detach()
+    assert not torch.allclose(after[0], before[0]) and not torch.allclose(after[1], before[1])
+    assert torch.equal(after[2], before[2])
+
+
+def test_a_spelling_readout_needs_the_text_of_its_tokens():
+    from modeling_asr import TokenReadout
+
+    readout = TokenReadout(10, 16, spelling_buckets=64)
+    with pytest.raises(ValueError, match="needs the text of each token"):
+        readout.set_tokens([2, 5])
+    readout.set_tokens([2, 5], [" same", " same"])
+    vectors = readout.spelling(torch.tensor([2, 5]))
+    assert torch.equal(vectors[0], vectors[1])

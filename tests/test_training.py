@@ -347,16 +347,20 @@ def test_ctc_tokens_model_hands_the_llm_the_embeddings_of_the_tokens_stage_0_hea
     from modeling_asr import ASRModel
 
     stage_0 = ["--projector_output", "ctc_tokens", "--ctc_warmup_steps", "4", "--ctc_batch_size", "4"]
+    stage_0 += ["--readout_spelling_buckets", "64"]
     with pytest.raises(ValueError, match="trains only LoRA in the LLM stage: set --lora_rank"):
         run(tmp_path, *stage_0)
     run(tmp_path, *stage_0, "--lora_rank", "4", "--max_steps", "1", "--eval_split_name", "")
     run(tmp_path / "llm", "--init_from", str(tmp_path), "--max_steps", "1", "--eval_split_name", "")
     saved = load_file(tmp_path / "llm" / "model.safetensors")
-    assert saved["projector.readout.token_mask"].any()
+    assert saved["projector.readout.token_mask"].any() and saved["projector.readout.spelling.features"].any()
+    assert saved["projector.readout.spelling.to_hidden.weight"].any()  # stage 0 trained the spelling vectors
 
     model = ASRModel.from_pretrained(tmp_path / "llm")
     readout = model.projector.readout
     assert torch.equal(readout.token_mask, saved["projector.readout.token_mask"])
+    assert torch.equal(readout.spelling.features, saved["projector.readout.spelling.features"])
+    assert torch.equal(readout.spelling.to_hidden.weight, saved["projector.readout.spelling.to_hidden.weight"])
     processor = ASRProcessor.from_pretrained(tmp_path / "llm")
     batch = processor(audio=[tone_clip(["one", "red", "cat"]), tone_clip(["sun"])])
     embeddings = model.get_input_embeddings().weight
