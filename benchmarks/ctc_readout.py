@@ -4,9 +4,10 @@ greedy CTC reading on the synthetic validation split and on real recordings.
     python -m benchmarks.ctc_readout --model_preset tiny-base --real_speech ../shared/speech
 
 Stage 0 costs a fraction of a full run (no LLM forward), so it is the cheap A/B for what happens before the LLM:
-encoder, corpus size, trained encoder layers, learning rate, the readout's starting scale. Real recordings longer than
-`--piece_seconds` are split at quiet points, as the pipeline splits them. Results go to
-benchmarks/results/ctc_readout-<preset>[-trained-encoder-N][-steps-N][-lr-LR][-scale-S][-<corpus folder>].json and .md.
+encoder, corpus size, trained encoder layers, learning rate, the readout's starting scale, its spelling vectors. Real
+recordings longer than `--piece_seconds` are split at quiet points, as the pipeline splits them. Results go to
+benchmarks/results/ctc_readout-<preset>[-trained-encoder-N][-steps-N][-lr-LR][-scale-S][-spelling-B][-<corpus>].json
+and .md.
 """
 
 import argparse
@@ -53,6 +54,12 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--readout_scale", type=float, default=None, help="start the readout's cosine scale here (default: the model's)"
     )
+    parser.add_argument(
+        "--readout_spelling_buckets",
+        type=int,
+        default=None,
+        help="buckets of the readout's spelling vectors (default: the preset's; 0: the LLM's input embeddings alone)",
+    )
     parser.add_argument("--trained_encoder_layers", type=int, default=0)
     parser.add_argument("--validation_samples", type=int, default=100)
     parser.add_argument("--real_speech", default=None, help="folder with manifest.jsonl, e.g. ../shared/speech")
@@ -62,8 +69,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
+    spelling = (
+        {} if args.readout_spelling_buckets is None else {"readout_spelling_buckets": args.readout_spelling_buckets}
+    )
     model, processor = build(
-        args.model_preset, dtype=torch.bfloat16, trained_encoder_layers=args.trained_encoder_layers
+        args.model_preset, dtype=torch.bfloat16, trained_encoder_layers=args.trained_encoder_layers, **spelling
     )
     train = scan(
         open_dataset(args.corpus, None, "train", "audio", "text", False), SkipCounter("train"), 30.0, args.train_samples
@@ -106,6 +116,7 @@ def main(argv=None) -> dict:
         + (f"-steps-{args.steps}" if args.steps != STEPS else "")
         + (f"-lr-{args.learning_rate:g}" if args.learning_rate != LEARNING_RATE else "")
         + (f"-scale-{args.readout_scale:g}" if args.readout_scale else "")
+        + (f"-spelling-{args.readout_spelling_buckets}" if spelling else "")
         + (f"-{Path(args.corpus).name}" if args.corpus != DEFAULT_CORPUS else ""),
         {
             "title": f"Greedy CTC reading after stage 0 alone ({args.model_preset})",
