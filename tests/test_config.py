@@ -76,3 +76,9 @@ def test_chunk_length_is_checked_and_the_tiny_presets_match_their_corpus():
 def test_unknown_projector_output_is_a_clear_error():
     with pytest.raises(ValueError, match="projector_output must be one of"):
         ASRConfig(projector_output="logits")
+
+
+@pytest.mark.parametrize("settings", [{"readout_spelling_buckets": -1}, {"readout_spelling_width": 0}])
+def test_impossible_spelling_vectors_are_a_clear_error(settings):
+    with pytest.raises(ValueError, match="readout_spelling_buckets must be >= 0 and readout_spelling_width >= 1"):
+        ASRConfig(**settings)

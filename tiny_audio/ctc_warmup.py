@@ -4,8 +4,8 @@ A projector trained from scratch into a frozen LLM sits on an "ignore the audio"
 audio frame is pushed towards the embedding of the token spoken there: the classes of a `TokenReadout` are the LLM's
 input embeddings (cosine similarity times a learned scale, plus a learned blank; with a learned vector of each token's
 spelling added when the config asks for it), restricted to the tokens of the training transcripts in their
-`spoken_form` (lower case, no punctuation: what can be heard). No LLM forward runs, so
-a step costs a small fraction of a normal one. When the frozen bases run in bfloat16 (a machine where it is fast), the
+`spoken_form` (lower case, no punctuation: what can be heard). No LLM forward runs, so a step costs a small fraction
+of a normal one. When the frozen bases run in bfloat16 (a machine where it is fast), the
 projector runs under bfloat16 autocast; the trained weights and the optimizer stay float32. A model with
 `projector_output="ctc_tokens"` keeps that readout, and feeds the LLM what it reads; otherwise it is dropped after
 training.
