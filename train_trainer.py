@@ -335,6 +335,10 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
         if model_args.lora_rank and model.config.lora_rank == 0:
             model.add_lora_adapters(model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout, targets)
     else:
+        unless_preset = {
+            "projector_output": model_args.projector_output,
+            "readout_spelling_buckets": model_args.readout_spelling_buckets,
+        }
         model, processor = build(
             model_args.model_preset,
             dtype=dtype,
@@ -343,12 +347,7 @@ def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
             lora_dropout=model_args.lora_dropout,
             lora_target_modules=targets,
             trained_encoder_layers=model_args.trained_encoder_layers,
-            **({"projector_output": model_args.projector_output} if model_args.projector_output else {}),
-            **(
-                {"readout_spelling_buckets": model_args.readout_spelling_buckets}
-                if model_args.readout_spelling_buckets is not None
-                else {}
-            ),
+            **{key: value for key, value in unless_preset.items() if value is not None},  # None: the preset's
         )
     return model, processor
 
