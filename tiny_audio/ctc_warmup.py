@@ -57,7 +57,7 @@ class CTCWarmup:
         separate_head = [] if self.head is model.projector.readout else list(self.head.parameters())
         groups = [{"params": [*model.projector.parameters(), *separate_head], "lr": learning_rate}]
         groups += [{"params": encoder, "lr": learning_rate * encoder_lr_scale}] if encoder else []
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=True)
         for group in self.optimizer.param_groups:
             group["initial_lr"] = group["lr"]  # the peak of the cosine schedule in `train`
         self.batches = length_grouped_batches(list(dataset["length"]), batch_size, seed)
