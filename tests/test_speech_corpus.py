@@ -297,6 +297,27 @@ def test_some_train_and_validation_clips_read_several_sentences_and_test_clips_o
     )
 
 
+@needs_fortunes
+def test_train_clips_read_each_sentence_once_before_any_repeats():
+    sentences = msc.load_sentences()
+    train = msc.plan_corpus(sentences, {"train": 300, "validation": 5, "test": 5}, seed=0)["train"]
+    known = set(sentences)
+    read = [sentence for clip in train for sentence in sentences_of(clip.text, known)]
+    assert len(read) > 1.2 * len(train)  # long clips read two or three sentences each
+    assert len(set(read)) == len(read)
+
+
+def sentences_of(text: str, known: set[str]) -> list[str]:
+    """The known sentences a clip's text joins, found greedily from the left."""
+    words, found, start = text.split(), [], 0
+    for end in range(1, len(words) + 1):
+        if " ".join(words[start:end]) in known:
+            found.append(" ".join(words[start:end]))
+            start = end
+    assert start == len(words), f"{text!r} is not a run of known sentences"
+    return found
+
+
 @needs_espeak
 @needs_fortunes
 def test_second_run_is_cached(corpus):

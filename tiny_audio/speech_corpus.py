@@ -42,7 +42,7 @@ from tiny_audio.tts import ENGINES, SAMPLE_RATE, Espeak, espeak_binary, get_engi
 logger = logging.getLogger(__name__)
 
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # Share of the clips each engine speaks (renormalized over the installed ones).  The neural voices carry over to
 # people best, so hibari and piper speak most clips (README: "What moved it"); Kokoro costs the most CPU per clip, so
@@ -187,10 +187,11 @@ def plan_corpus(
 ) -> dict[str, list[Clip]]:
     """Assign sentences, engines, voices, speeds, pitches and augmentations to every clip, reproducibly.
 
-    Test and validation sentences are distinct and unused elsewhere; train cycles through the remaining
-    sentences (repeats get other voices and prosody).  A `long_fraction` of train and validation clips read the
-    next two or three sentences of their pool together; test clips stay single sentences.  Engines follow `shares` in a spread-out order and each
-    engine's voices go round-robin, so even small splits cover them.
+    Test and validation sentences are distinct and unused elsewhere; each split reads its pool in order, every
+    sentence once before any repeats (a repeat gets another voice and prosody), so the corpus holds as many distinct
+    sentences, and words, as its audio can.  A `long_fraction` of train and validation clips read the next two or
+    three sentences together; test clips stay single sentences.  Engines follow `shares` in a spread-out order and
+    each engine's voices go round-robin, so even small splits cover them.
     """
     shares = shares or ENGINE_SHARES
     rng = np.random.default_rng(seed)
@@ -207,7 +208,7 @@ def plan_corpus(
     plan = {}
     for split in SPLITS:
         turns = dict.fromkeys(shares, 0)
-        plan[split] = []
+        plan[split], read = [], 0
         for i, engine in enumerate(engine_schedule(shares, counts[split])):
             voices = split_voices(engine, split)
             voice = voices[turns[engine] % len(voices)]
@@ -227,7 +228,7 @@ def plan_corpus(
                 Clip(
                     split=split,
                     file_name=f"{i:06d}.flac",
-                    text=" ".join(pool[split][(i + j) % len(pool[split])] for j in range(sentences_read)),
+                    text=" ".join(pool[split][(read + j) % len(pool[split])] for j in range(sentences_read)),
                     engine=engine,
                     voice=voice,
                     speed=round(float(rng.uniform(*SPEED_RANGE)), 2),
@@ -237,6 +238,7 @@ def plan_corpus(
                     babble=babble,
                 )
             )
+            read += sentences_read
     return plan
 
 
