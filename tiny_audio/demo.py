@@ -2,10 +2,10 @@
 
     python -m tiny_audio.demo --corpus outputs/speech_corpus --output_dir outputs/demo [--train_minutes 10] [--ctc_steps 1500]
 
-Fits `make demo`'s 25 minutes on 2 CPU cores with the defaults (the README has the measured times). Any other flag is passed to train_trainer.py. After training
-it scores the synthetic test split, real recordings (`--real_speech`, a folder with `manifest.jsonl`; by default
-`../shared/speech` beside the repository when it exists) and the non-speech set, and writes all three to
-`demo_results.json` in the model folder.
+Aims at `make demo`'s 25 minutes on 2 CPU cores with the defaults (the README has the measured times, machine by
+machine). Any other flag is passed to train_trainer.py. After training it scores the synthetic test split, real
+recordings (`--real_speech`, a folder with `manifest.jsonl`; by default `../shared/speech` beside the repository when
+it exists) and the non-speech set, and writes all three to `demo_results.json` in the model folder.
 """
 
 import argparse
