@@ -243,9 +243,10 @@ class TokenReadout(nn.Module):
         scaled = nn.functional.normalize(frames.float(), dim=-1) * self.log_scale.exp()
         # the learned blank apart from the frozen table: backward never computes a gradient for the whole table
         blank = scaled @ nn.functional.normalize(self.blank, dim=-1)[:, None]
-        # bfloat16 similarities: ample precision for cosines, and fast on CPUs with avx512_bf16 and on GPUs
-        tokens = self.class_vectors(token_embeddings).bfloat16()
-        return torch.cat([blank.float(), scaled.bfloat16() @ tokens.T], dim=-1)  # float32, one pass
+        # similarities in the LLM's dtype: bfloat16 where the bases run in it (ample precision for cosines), float32
+        # where they do not, since a CPU without native bfloat16 computes it many times slower
+        tokens = self.class_vectors(token_embeddings).to(token_embeddings.dtype)
+        return torch.cat([blank.float(), scaled.to(tokens.dtype) @ tokens.T], dim=-1)  # float32, one pass
 
     @torch.no_grad()
     def greedy_reading(self, frames: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor):

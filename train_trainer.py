@@ -68,7 +68,7 @@ PRESETS = {
         "model_preset": "tiny-base-tokens",  # beat tiny-base and tiny on real speech in the demo's budget (README)
         "dataset_name": "outputs/speech_corpus",
         "eval_split_name": "validation",
-        "base_dtype": "bfloat16",
+        "base_dtype": "auto",
         "cache_encoder_outputs": True,
         "non_speech_fraction": 0.05,
         "ctc_warmup_steps": 1500,
@@ -160,8 +160,8 @@ class ModelArguments:
     base_dtype: str = field(
         default="float32",
         metadata={
-            "help": "dtype of the frozen encoder and LLM (bfloat16 is "
-            "faster on CPUs with avx512_bf16 and on GPUs); trained weights stay float32"
+            "help": "dtype of the frozen encoder and LLM: float32, bfloat16, or auto (bfloat16 where the training "
+            "device computes it natively, else float32); trained weights stay float32"
         },
     )
 
@@ -325,10 +325,27 @@ def parse_args(argv: list[str]):
     return (*arguments, extra.preset)
 
 
-def build_model(model_args: ModelArguments) -> tuple[ASRModel, ASRProcessor]:
-    """A new model for the preset, or the weights of `--init_from` (then LoRA as asked)."""
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 matmuls natively: a GPU that supports it, or a CPU with avx512_bf16 or AMX.
+    Elsewhere (an AVX2-only CPU, say) bfloat16 runs many times slower than float32 (README, Performance)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def base_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The frozen bases' dtype for `--base_dtype` on the training `device`: "auto" picks bfloat16 where it is native."""
+    if name == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else torch.float32
+    return getattr(torch, name)
+
+
+def build_model(model_args: ModelArguments, device: torch.device) -> tuple[ASRModel, ASRProcessor]:
+    """A new model for the preset, or the weights of `--init_from` (then LoRA as asked), with bases in the dtype that
+    `--base_dtype` picks for `device`."""
     targets = model_args.lora_target_modules.split(",")
-    dtype = getattr(torch, model_args.base_dtype)
+    dtype = base_dtype(model_args.base_dtype, device)
+    logger.info(f"frozen bases in {dtype} on {device}")
     if model_args.init_from:
         model = ASRModel.from_pretrained(model_args.init_from, dtype=dtype)
         processor = ASRProcessor.from_pretrained(model_args.init_from)
@@ -486,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
 
-    model, processor = build_model(model_args)
+    model, processor = build_model(model_args, training_args.device)
     reads_tokens = model.config.projector_output == "ctc_tokens"  # argmax: the LLM loss reaches no projector weight
     if reads_tokens and not model.config.lora_rank and not recipe.eval_only:
         raise ValueError(

@@ -543,21 +543,27 @@ def test_token_readout_hands_the_llm_its_greedy_reading_side_by_side():
             assert torch.equal(frame, zeros if token is None else embeddings[token])
 
 
-def test_token_readout_scores_blank_then_tokens_by_scaled_cosine_and_trains_only_its_own_parameters():
+@pytest.mark.parametrize(
+    ("table_dtype", "tolerance"), [(torch.float32, {}), (torch.bfloat16, {"atol": 0.05, "rtol": 0.01})]
+)
+def test_token_readout_scores_blank_then_tokens_by_scaled_cosine_and_trains_only_its_own_parameters(
+    table_dtype, tolerance
+):
     """Class 0 is the learned blank, class i + 1 the i-th marked token; each logit is the cosine similarity times the
-    learned scale (to bfloat16 precision). The frozen embedding table gets no gradient; blank, scale and frames do."""
+    learned scale, computed in the embedding table's dtype (float32 logits either way). The frozen embedding table
+    gets no gradient; blank, scale and frames do."""
     from modeling_asr import TokenReadout
 
     torch.manual_seed(0)
-    embeddings = torch.randn(10, 16)
+    embeddings = torch.randn(10, 16).to(table_dtype)
     readout = TokenReadout(10, 16, init_scale=4.0)
     readout.set_tokens([7, 2, 5])
     frames = torch.randn(2, 3, 16, requires_grad=True)
     logits = readout(frames, embeddings)
-    classes = torch.cat([readout.blank[None], embeddings[[2, 5, 7]]])
+    classes = torch.cat([readout.blank[None], embeddings[[2, 5, 7]].float()])
     expected = 4.0 * nn.functional.cosine_similarity(frames[:, :, None], classes[None, None], dim=-1)
     assert logits.dtype == torch.float32 and logits.shape == (2, 3, 4)
-    torch.testing.assert_close(logits, expected, atol=0.05, rtol=0.01)
+    torch.testing.assert_close(logits, expected, **tolerance)
     logits.sum().backward()
     assert embeddings.grad is None
     assert readout.blank.grad.abs().sum() > 0 and readout.log_scale.grad != 0 and frames.grad.abs().sum() > 0
