@@ -303,6 +303,7 @@ def machine_info(device: torch.device) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...: what kernels torch runs
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -351,6 +352,7 @@ def render_result(result: dict) -> str:
     """Markdown section of one results file: title, machine, tables, notes."""
     machine = result.get("machine", {})
     where = f"{machine.get('cpu', '?')}, {machine.get('cpu_cores', '?')} cores"
+    where += f" ({machine['cpu_capability']} kernels)" if "cpu_capability" in machine else ""
     if machine.get("gpu"):
         where = f"{machine['gpu']} ({machine.get('gpu_memory_gib', '?')} GiB); host CPU {where}"
     parts = [

@@ -5,8 +5,8 @@ audio frame is pushed towards the embedding of the token spoken there: the class
 input embeddings (cosine similarity times a learned scale, plus a learned blank; with a learned vector of each token's
 spelling added when the config asks for it), restricted to the tokens of the training transcripts in their
 `spoken_form` (lower case, no punctuation: what can be heard). No LLM forward runs, so a step costs a small fraction
-of a normal one. When the frozen bases run in bfloat16 (a machine where it is fast), the
-projector runs under bfloat16 autocast; the trained weights and the optimizer stay float32. A model with
+of a normal one. When the frozen bases run in bfloat16 (a device that computes it natively), the projector runs
+under bfloat16 autocast; the trained weights and the optimizer stay float32. A model with
 `projector_output="ctc_tokens"` keeps that readout, and feeds the LLM what it reads; otherwise it is dropped after
 training.
 """
@@ -65,7 +65,7 @@ class CTCWarmup:
 
     def autocast(self):
         """bfloat16 matmuls for the projector's training steps when the bases run in bfloat16, else a no-op (the
-        readout's similarities are bfloat16 either way)."""
+        readout's similarities follow the LLM table's dtype either way)."""
         device = self.model.projector.conv1.weight.device.type
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self.bfloat16)
 
