@@ -160,8 +160,8 @@ class ModelArguments:
     base_dtype: str = field(
         default="float32",
         metadata={
-            "help": "dtype of the frozen encoder and LLM: float32, bfloat16, or auto (bfloat16 where the training "
-            "device computes it natively, else float32); trained weights stay float32"
+            "help": "dtype of the frozen encoder and LLM: float32, bfloat16, float16, or auto (bfloat16 where the "
+            "training device computes it natively, else float32); trained weights stay float32"
         },
     )
 
@@ -337,6 +337,8 @@ def base_dtype(name: str, device: torch.device) -> torch.dtype:
     """The frozen bases' dtype for `--base_dtype` on the training `device`: "auto" picks bfloat16 where it is native."""
     if name == "auto":
         return torch.bfloat16 if native_bfloat16(device) else torch.float32
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--base_dtype {name!r}: expected float32, bfloat16, float16 or auto")
     return getattr(torch, name)
 
 

@@ -453,7 +453,7 @@ def test_ctc_warmup_runs_bfloat16_matmuls_on_bfloat16_bases_and_keeps_float32_we
 )
 def test_auto_base_dtype_is_bfloat16_only_on_cpus_that_compute_it_natively(monkeypatch, avx512_bf16, amx, picked):
     """An AVX2-only CPU computes bfloat16 matmuls many times slower than float32, so `--base_dtype auto` (the `tiny`
-    preset's) keeps the bases in float32 there; an explicit dtype is taken as given."""
+    preset's) keeps the bases in float32 there; an explicit dtype is taken as given, and an unknown one named."""
     import train_trainer
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
@@ -461,6 +461,8 @@ def test_auto_base_dtype_is_bfloat16_only_on_cpus_that_compute_it_natively(monke
     assert train_trainer.base_dtype("auto", torch.device("cpu")) == picked
     assert train_trainer.base_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     assert train_trainer.base_dtype("float32", torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="--base_dtype 'float33'"):
+        train_trainer.base_dtype("float33", torch.device("cpu"))
 
 
 def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatch):
