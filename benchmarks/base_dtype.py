@@ -21,7 +21,7 @@ from benchmarks.ctc_step import corpus_transcripts, random_encoder_cache
 from configuration_asr import HOP_LENGTH, SAMPLING_RATE
 from tiny_audio.ctc_warmup import CTCWarmup
 from tiny_audio.presets import build
-from train_trainer import native_bfloat16
+from train_trainer import base_dtype, native_bfloat16
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -80,7 +80,6 @@ def main(argv=None) -> dict:
     for name in pieces[torch.float32]:
         float32, bfloat16 = (sum(seconds[dtype][name]) / args.repeats for dtype in DTYPES)
         rows.append([name, f"{float32:.3f}", f"{bfloat16:.3f}", f"{bfloat16 / float32:.2f}x"])
-    picked = "bfloat16" if native_bfloat16(device) else "float32"
     result = {
         "title": "Frozen bases in float32 or bfloat16, Whisper base + SmolLM2 (cpu)",
         "machine": machine_info(device),
@@ -89,7 +88,7 @@ def main(argv=None) -> dict:
         "notes": [
             f"measured: {args.repeats} timed runs of each piece in each dtype, alternating, after one untimed run",
             f"this CPU: capability {torch.backends.cpu.get_cpu_capability()}, native bfloat16 "
-            f"{native_bfloat16(device)}; --base_dtype auto picks {picked}",
+            f"{native_bfloat16(device)}; --base_dtype auto picks {base_dtype('auto', device)}",
         ],
     }
     name = "base_dtype_cpu_" + torch.backends.cpu.get_cpu_capability().lower()
