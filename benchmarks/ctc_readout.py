@@ -3,7 +3,8 @@ greedy CTC reading on the synthetic validation split and on real recordings.
 
     python -m benchmarks.ctc_readout --model_preset tiny-base --real_speech ../shared/speech
 
-Stage 0 costs a fraction of a full run (no LLM forward), so it is the cheap A/B for what happens before the LLM:
+The frozen bases take the dtype that `make demo` gives them on this CPU (`--base_dtype auto`). Stage 0 costs a
+fraction of a full run (no LLM forward), so it is the cheap A/B for what happens before the LLM:
 encoder, corpus size, trained encoder layers, learning rate, the readout's starting scale, its spelling vectors. Real
 recordings longer than `--piece_seconds` are split at quiet points, as the pipeline splits them. Results go to
 benchmarks/results/ctc_readout-<preset>[-trained-encoder-N][-steps-N][-lr-LR][-scale-S][-spelling-B][-<corpus>].json
@@ -26,6 +27,7 @@ from tiny_audio.ctc_warmup import CTCWarmup
 from tiny_audio.data import SkipCounter, build_encoder_cache, open_dataset, scan
 from tiny_audio.evaluation import read_manifest, word_error_rate
 from tiny_audio.presets import build
+from train_trainer import base_dtype
 
 DEFAULT_CORPUS = "outputs/speech_corpus"
 STEPS, LEARNING_RATE = 2500, 1e-3
@@ -73,7 +75,10 @@ def main(argv=None) -> dict:
         {} if args.readout_spelling_buckets is None else {"readout_spelling_buckets": args.readout_spelling_buckets}
     )
     model, processor = build(
-        args.model_preset, dtype=torch.bfloat16, trained_encoder_layers=args.trained_encoder_layers, **spelling
+        args.model_preset,
+        dtype=base_dtype("auto", torch.device("cpu")),
+        trained_encoder_layers=args.trained_encoder_layers,
+        **spelling,
     )
     train = scan(
         open_dataset(args.corpus, None, "train", "audio", "text", False), SkipCounter("train"), 30.0, args.train_samples
