@@ -138,6 +138,9 @@ class ASRConfig(PreTrainedConfig):
             to the token's input embedding, a learned vector of its spelling (the token and its character 1- to
             4-grams, hashed into this many buckets of this width), so that a word heard a few times in training shares
             what it learns with words spelled alike. 0 buckets: the input embeddings alone.
+        reading_beam_size (`int`): with a `TokenReadout`, 1 reads each clip greedily; more runs a CTC beam search of
+            this width and keeps the reading whose CTC log probability, plus `reading_lm_weight` times its
+            log-likelihood as text under the LLM, plus `reading_length_bonus` per token, is best.
         audio_token (`str`): placeholder the processor expands to one token per audio frame.
         audio_token_id (`int`): its id in the tokenizer (may lie outside the LLM's embedding table; never embedded).
         system_prompt / user_prompt (`str`): the chat prompt; `user_prompt` must contain `audio_token`.
@@ -202,6 +205,9 @@ class ASRConfig(PreTrainedConfig):
     projector_output: str = "embeddings"
     readout_spelling_buckets: int = 0
     readout_spelling_width: int = 128
+    reading_beam_size: int = 1
+    reading_lm_weight: float = 0.3
+    reading_length_bonus: float = 1.0
     audio_token: str = DEFAULT_AUDIO_TOKEN
     audio_token_id: int | None = None
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
@@ -229,6 +235,11 @@ class ASRConfig(PreTrainedConfig):
             raise ValueError(
                 "readout_spelling_buckets must be >= 0 and readout_spelling_width >= 1, got "
                 f"{self.readout_spelling_buckets} and {self.readout_spelling_width}"
+            )
+        if self.reading_beam_size < 1 or self.reading_lm_weight < 0:
+            raise ValueError(
+                "reading_beam_size must be >= 1 and reading_lm_weight >= 0, got "
+                f"{self.reading_beam_size} and {self.reading_lm_weight}"
             )
         if not 0 <= self.trained_encoder_layers <= self.audio_config.encoder_layers:
             raise ValueError(

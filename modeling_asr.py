@@ -3,8 +3,10 @@
 import math
 import shutil
 import zlib
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -189,12 +191,42 @@ class TokenSpelling(nn.Module):
         return self.to_hidden(self.embedding(self.features[token_ids].long()))
 
 
+def ctc_beam_search(log_probs: torch.Tensor, beam_size: int, candidates: int = 8) -> list[tuple[list[int], float]]:
+    """The `beam_size` most likely readings of one clip's CTC log posteriors (frames, classes; class 0 is the blank),
+    best first: class ids (repeats merged, blanks dropped) and their log probability over all the alignments that
+    spell them. Greedy decoding takes the best alignment instead, which can miss the best reading. Each frame extends
+    a reading only by its `candidates` most likely classes."""
+    scores = log_probs.double().cpu().numpy()
+    top_classes = log_probs.topk(min(candidates, log_probs.shape[-1]), dim=-1).indices.tolist()
+    # reading -> log P(its alignments so far that end in a blank), log P(those that end in its last class)
+    beams = {(): (0.0, -math.inf)}
+    for frame, classes in zip(scores, top_classes):
+        extended = defaultdict(lambda: [-math.inf, -math.inf])
+        for reading, (ends_in_blank, ends_in_class) in beams.items():
+            either = np.logaddexp(ends_in_blank, ends_in_class)
+            stays = extended[reading]
+            stays[0] = np.logaddexp(stays[0], either + frame[0])
+            if reading:  # the last class again merges into it
+                stays[1] = np.logaddexp(stays[1], ends_in_class + frame[reading[-1]])
+            for cls in classes:
+                if cls == 0:
+                    continue
+                grown = extended[(*reading, cls)]
+                # the same class twice in a row is read twice only with a blank between
+                before = ends_in_blank if reading and reading[-1] == cls else either
+                grown[1] = np.logaddexp(grown[1], before + frame[cls])
+        possible = [(reading, ends) for reading, ends in extended.items() if max(ends) > -math.inf]
+        best = sorted(possible, key=lambda item: -np.logaddexp(*item[1]))[:beam_size]
+        beams = {reading: tuple(ends) for reading, ends in best}
+    return [(list(reading), float(np.logaddexp(*ends))) for reading, ends in beams.items()]
+
+
 class TokenReadout(nn.Module):
     """Reads projector frames as a CTC posterior over [blank] + the LLM tokens marked in `token_mask`: scaled cosine
     similarity with their input embeddings, plus a learned blank. Stage 0 trains it with CTC.
 
     With `projector_output="ctc_tokens"` it also feeds the LLM: the input embeddings (`reading_embeddings`) of its
-    `greedy_reading`. The LLM then reads inputs of its own kind whatever the voice, instead of projector frames that
+    `greedy_reading`, or of the best of its `beam_readings` (`ASRModel.read_audio`). The LLM then reads inputs of its own kind whatever the voice, instead of projector frames that
     drift off its inputs on speech unlike the training voices.
 
     With `spelling_buckets` > 0, each token's class vector adds a `TokenSpelling` vector to its input embedding."""
@@ -262,6 +294,22 @@ class TokenReadout(nn.Module):
         reading_ids = classes.new_full((classes.shape[0], int(heard.sum(-1).max())), -100)
         reading_ids[rows, positions] = self.token_ids[classes[rows, columns] - 1]
         return reading_ids
+
+    @torch.no_grad()
+    def beam_readings(
+        self, frames: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor, beam_size: int
+    ):
+        """(batch, frames, llm_dim) with valid `lengths` -> for each clip, its `beam_size` most likely readings (LLM
+        ids) with their CTC log probabilities, best first (`ctc_beam_search`)."""
+        log_probs = self(frames, token_embeddings).log_softmax(-1)
+        token_ids = self.token_ids.tolist()
+        return [
+            [
+                ([token_ids[cls - 1] for cls in classes], score)
+                for classes, score in ctc_beam_search(row[:length], beam_size)
+            ]
+            for row, length in zip(log_probs, lengths.tolist())
+        ]
 
     @staticmethod
     def reading_embeddings(reading_ids: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor):
@@ -613,7 +661,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         """Mel features (batch, mels, frames), or cached outputs of the frozen encoder layers
         `{"audio": (hidden_states, lengths)}`, -> the LLM's audio embeddings (batch, tokens, llm_dim) and lengths.
 
-        With a `TokenReadout` these embed its greedy reading, or the given `reading_ids` (LLM ids padded with -100),
+        With a `TokenReadout` these embed its reading (`read_audio`), or the given `reading_ids` (LLM ids padded with -100),
         which then spare the encoder: only the number of audio positions is needed."""
         readout = self.projector.readout
         if readout is None:
@@ -628,11 +676,49 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def read_audio(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None) -> torch.Tensor:
-        """The `TokenReadout`'s greedy reading of each clip: LLM ids (batch, tokens), padded with -100."""
+        """The `TokenReadout`'s reading of each clip: LLM ids (batch, tokens), padded with -100. The greedy one, or
+        with `reading_beam_size` > 1 the `best_reading` of its CTC beam search."""
         if self.projector.readout is None:
             raise ValueError('read_audio needs a TokenReadout (projector_output="ctc_tokens")')
         frames, lengths = self.project_audio(input_features, input_features_mask, mm_encoder_outputs)
-        return self.projector.readout.greedy_reading(frames, lengths, self.get_input_embeddings().weight)
+        readout, token_embeddings = self.projector.readout, self.get_input_embeddings().weight
+        if self.config.reading_beam_size == 1:
+            return readout.greedy_reading(frames, lengths, token_embeddings)
+        beams = readout.beam_readings(frames, lengths, token_embeddings, self.config.reading_beam_size)
+        readings = [self.best_reading(clip_beams) for clip_beams in beams]
+        reading_ids = torch.full((len(readings), max(map(len, readings))), -100, device=frames.device)
+        for row, reading in enumerate(readings):
+            reading_ids[row, : len(reading)] = torch.tensor(reading)
+        return reading_ids
+
+    @torch.no_grad()
+    def best_reading(self, beams: list[tuple[list[int], float]]) -> list[int]:
+        """The reading among a clip's CTC `beams` with the best CTC log probability, plus `reading_lm_weight` times
+        its log-likelihood as text under the LLM, plus `reading_length_bonus` per token (against the LLM's pull
+        towards short texts). The LLM knows which of the words that sound alike fit together."""
+        readings = [reading for reading, _ in beams]
+        if not any(readings):
+            return []
+        texts = [[self.text_start_token_id, *reading] for reading in readings]
+        width = max(map(len, texts))
+        device = self.get_input_embeddings().weight.device
+        input_ids = torch.tensor([text + [0] * (width - len(text)) for text in texts], device=device)
+        attention_mask = torch.tensor([[1] * len(text) + [0] * (width - len(text)) for text in texts], device=device)
+        logits = self.language_model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        token_log_probs = logits[:, :-1].log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+        text_log_likelihoods = (token_log_probs * attention_mask[:, 1:]).sum(-1).tolist()
+        scores = [
+            ctc + self.config.reading_lm_weight * text + self.config.reading_length_bonus * len(reading)
+            for (reading, ctc), text in zip(beams, text_log_likelihoods)
+        ]
+        return readings[scores.index(max(scores))]
+
+    @property
+    def text_start_token_id(self) -> int:
+        """The token a text starts after in the LLM's training: its beginning of text, else its end of text."""
+        text_config = self.config.text_config
+        start = text_config.bos_token_id if text_config.bos_token_id is not None else text_config.eos_token_id
+        return start[0] if isinstance(start, list) else start
 
     def project_audio(self, input_features=None, input_features_mask=None, mm_encoder_outputs=None):
         """`get_audio_features` up to the projector's output (before any `TokenReadout`)."""

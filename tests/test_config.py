@@ -82,3 +82,10 @@ def test_unknown_projector_output_is_a_clear_error():
 def test_impossible_spelling_vectors_are_a_clear_error(settings):
     with pytest.raises(ValueError, match="readout_spelling_buckets must be >= 0 and readout_spelling_width >= 1"):
         ASRConfig(**settings)
+
+
+@pytest.mark.parametrize("settings", [{"reading_beam_size": 0}, {"reading_lm_weight": -0.5}])
+def test_impossible_reading_search_is_a_clear_error(settings):
+    with pytest.raises(ValueError, match="reading_beam_size must be >= 1 and reading_lm_weight >= 0"):
+        ASRConfig(**settings)
+    assert ASRConfig().reading_beam_size == 1  # greedy unless a model asks for the search

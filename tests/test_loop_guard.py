@@ -224,6 +224,35 @@ def test_generate_reads_each_clip_once_and_keeps_to_that_reading(reading_model, 
     assert encoder_runs == [1]
 
 
+def test_a_beam_of_readings_is_rescored_by_the_llm(reading_model):
+    """Of a clip's CTC readings, the best one by CTC alone wins without the LLM's weight; with it, the reading that the
+    LLM would say outweighs a small CTC lead."""
+    model, processor = reading_model
+    model = scripted_model(model, processor, PHRASE, then_end=True)
+    said = processor.tokenizer(PHRASE, add_special_tokens=False).input_ids
+    unsaid = processor.tokenizer(" water see the", add_special_tokens=False).input_ids
+    beams = [(unsaid, -1.0), (said, -3.0)]
+    model.config.reading_lm_weight = 0.0
+    assert model.best_reading(beams) == unsaid
+    model.config.reading_lm_weight = 0.3
+    assert model.best_reading(beams) == said
+    assert model.best_reading([([], -0.1), ([], -2.0)]) == []
+
+
+def test_a_beam_reading_is_one_of_the_clip_s_ctc_readings(reading_model):
+    """With `reading_beam_size` > 1, `read_audio` returns, padded with -100, the reading `best_reading` picks from the
+    clip's beam: without the LLM's weight or the length bonus, the likeliest reading by CTC."""
+    model = copy.deepcopy(reading_model[0])
+    processor = reading_model[1]
+    model.config.reading_beam_size, model.config.reading_lm_weight, model.config.reading_length_bonus = 4, 0.0, 0.0
+    batch = processor(audio=[noise(seconds, seed=4) for seconds in (2.0, 6.0)])
+    frames, lengths = model.project_audio(batch["input_features"], batch["input_features_mask"])
+    beams = model.projector.readout.beam_readings(frames, lengths, model.get_input_embeddings().weight, 4)
+    reading_ids = model.read_audio(batch["input_features"], batch["input_features_mask"])
+    assert [row[row != -100].tolist() for row in reading_ids] == [clip_beams[0][0] for clip_beams in beams]
+    assert all(len(clip_beams) == 4 for clip_beams in beams) and reading_ids.shape[1] > 0
+
+
 def test_keeping_to_the_reading_without_an_end_of_turn_is_refused(reading_model):
     model = copy.deepcopy(reading_model[0])
     processor = reading_model[1]

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import textwrap
 import threading
 
@@ -541,6 +542,22 @@ def test_token_readout_hands_the_llm_its_greedy_reading_side_by_side():
     for row, tokens in zip(reading, expected):
         for frame, token in zip(row, tokens):
             assert torch.equal(frame, zeros if token is None else embeddings[token])
+
+
+def test_ctc_beam_search_sums_the_alignments_of_each_reading():
+    """Two frames, each blank 0.6 and token 0.4: the best alignment is blank-blank (0.36, the greedy reading says
+    nothing), but three alignments spell the token (0.64). A class repeated across frames is one token, unless a blank
+    lies between."""
+    from modeling_asr import ctc_beam_search
+
+    unsure = torch.tensor([[0.6, 0.4], [0.6, 0.4]]).log()
+    readings = ctc_beam_search(unsure, beam_size=4)
+    assert [reading for reading, _ in readings] == [[1], []]
+    assert [math.exp(score) for _, score in readings] == pytest.approx([0.64, 0.36])
+
+    certain = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]).clamp(1e-9).log()
+    assert ctc_beam_search(certain, beam_size=2)[0][0] == [1, 1]
+    assert ctc_beam_search(certain[2:], beam_size=2)[0][0] == [1]
 
 
 @pytest.mark.parametrize(

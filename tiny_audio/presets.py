@@ -49,11 +49,17 @@ PRESETS = {
     "tiny": Preset("tiny", TINY),
     "tiny-base": Preset("tiny-base", TINY_BASE),
     # Whisper base, and the LLM reads the tokens that stage 0's CTC readout hears, so it copies them instead of writing
-    # text of its own where the audio is unclear; with it, 15 s pieces read real speech best, and the readout's class
-    # vectors learn the tokens' spellings (README)
+    # text of its own where the audio is unclear; with it, 15 s pieces read real speech best, the readout's class
+    # vectors learn the tokens' spellings, and the LLM picks the likeliest text among 8 CTC readings (README)
     "tiny-base-tokens": Preset(
         "tiny-base-tokens",
-        {**TINY_BASE, "projector_output": "ctc_tokens", "chunk_length_s": 15.0, "readout_spelling_buckets": 32768},
+        {
+            **TINY_BASE,
+            "projector_output": "ctc_tokens",
+            "chunk_length_s": 15.0,
+            "readout_spelling_buckets": 32768,
+            "reading_beam_size": 8,
+        },
     ),
     "tiny-random": Preset(
         "tiny-random",
