@@ -226,8 +226,9 @@ class TokenReadout(nn.Module):
     similarity with their input embeddings, plus a learned blank. Stage 0 trains it with CTC.
 
     With `projector_output="ctc_tokens"` it also feeds the LLM: the input embeddings (`reading_embeddings`) of its
-    `greedy_reading`, or of the best of its `beam_readings` (`ASRModel.read_audio`). The LLM then reads inputs of its own kind whatever the voice, instead of projector frames that
-    drift off its inputs on speech unlike the training voices.
+    `greedy_reading`, or of the best of its `beam_readings` (`ASRModel.read_audio`). The LLM then reads inputs of its
+    own kind whatever the voice, instead of projector frames that drift off its inputs on speech unlike the training
+    voices.
 
     With `spelling_buckets` > 0, each token's class vector adds a `TokenSpelling` vector to its input embedding."""
 
@@ -661,8 +662,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         """Mel features (batch, mels, frames), or cached outputs of the frozen encoder layers
         `{"audio": (hidden_states, lengths)}`, -> the LLM's audio embeddings (batch, tokens, llm_dim) and lengths.
 
-        With a `TokenReadout` these embed its reading (`read_audio`), or the given `reading_ids` (LLM ids padded with -100),
-        which then spare the encoder: only the number of audio positions is needed."""
+        With a `TokenReadout` these embed its reading (`read_audio`), or the given `reading_ids` (LLM ids padded with
+        -100), which then spare the encoder: only the number of audio positions is needed."""
         readout = self.projector.readout
         if readout is None:
             return self.project_audio(input_features, input_features_mask, mm_encoder_outputs)
@@ -685,11 +686,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         if self.config.reading_beam_size == 1:
             return readout.greedy_reading(frames, lengths, token_embeddings)
         beams = readout.beam_readings(frames, lengths, token_embeddings, self.config.reading_beam_size)
-        readings = [self.best_reading(clip_beams) for clip_beams in beams]
-        reading_ids = torch.full((len(readings), max(map(len, readings))), -100, device=frames.device)
-        for row, reading in enumerate(readings):
-            reading_ids[row, : len(reading)] = torch.tensor(reading)
-        return reading_ids
+        readings = [torch.tensor(self.best_reading(clip_beams), dtype=torch.long) for clip_beams in beams]
+        return nn.utils.rnn.pad_sequence(readings, batch_first=True, padding_value=-100).to(frames.device)
 
     @torch.no_grad()
     def best_reading(self, beams: list[tuple[list[int], float]]) -> list[int]:
