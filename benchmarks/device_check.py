@@ -1,5 +1,5 @@
-"""A GPU's run of the recipe, end to end at toy size: whether training and both ways of reading work there, and give
-the texts they give on the CPU.
+"""The recipe on a GPU, end to end at toy size: whether training and both ways of reading run there and give the
+CPU's transcripts.
 
 Trains the `tiny-random` preset as a reading model (`projector_output=ctc_tokens`: CTC warm-up, then LoRA) on
 `--device` with bfloat16 bases and mixed precision, then transcribes tone clips through
