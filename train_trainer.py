@@ -350,7 +350,7 @@ def build_model(model_args: ModelArguments, device: torch.device) -> tuple[ASRMo
     logger.info(f"frozen bases in {dtype} on {device}")
     if model_args.init_from:
         model = ASRModel.from_pretrained(model_args.init_from, dtype=dtype)
-        processor = ASRProcessor.from_pretrained(model_args.init_from)
+        processor = ASRProcessor.from_pretrained(model_args.init_from, trust_remote_code=True)  # its own tokenizer
         if model_args.lora_rank and model.config.lora_rank == 0:
             model.add_lora_adapters(model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout, targets)
     else:
