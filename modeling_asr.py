@@ -271,15 +271,16 @@ class TokenReadout(nn.Module):
             vectors = vectors + self.spelling(token_ids).float()
         return nn.functional.normalize(vectors, dim=-1)
 
-    def forward(self, frames: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
-        """(batch, frames, llm_dim) -> CTC logits (batch, frames, 1 + tokens); `token_embeddings`: the LLM's table."""
+    def forward(self, frames: torch.Tensor, token_embeddings: torch.Tensor, similarity=torch.matmul) -> torch.Tensor:
+        """(batch, frames, llm_dim) -> CTC logits (batch, frames, 1 + tokens); `token_embeddings`: the LLM's table.
+        `similarity(scaled_frames, class_vectors.T)` is a plain matmul unless training asks for a cheaper backward."""
         scaled = nn.functional.normalize(frames.float(), dim=-1) * self.log_scale.exp()
         # the learned blank apart from the frozen table: backward never computes a gradient for the whole table
         blank = scaled @ nn.functional.normalize(self.blank, dim=-1)[:, None]
         # similarities in the LLM's dtype: bfloat16 where the bases run in it (ample precision for cosines), float32
         # where they do not, since a CPU without native bfloat16 computes it many times slower
         tokens = self.class_vectors(token_embeddings).to(token_embeddings.dtype)
-        return torch.cat([blank.float(), scaled.to(tokens.dtype) @ tokens.T], dim=-1)  # float32, one pass
+        return torch.cat([blank.float(), similarity(scaled.to(tokens.dtype), tokens.T)], dim=-1)  # float32, one pass
 
     @torch.no_grad()
     def greedy_reading(self, frames: torch.Tensor, lengths: torch.Tensor, token_embeddings: torch.Tensor):

@@ -178,6 +178,20 @@ class RecipeArguments:
         },
     )
     ctc_batch_size: int = 16
+    ctc_gradient_tolerance: float = field(
+        default=1e-2,
+        metadata={
+            "help": "stage 0's backward through the readout skips the frames that hold only this share of the "
+            "gradient's squared norm (frames read with confidence); 0: exact"
+        },
+    )
+    ctc_gradient_rest_share: float = field(
+        default=0.1,
+        metadata={
+            "help": "the share of those skipped frames that the backward samples anyway, their gradient scaled by its "
+            "inverse, so that the step stays unbiased"
+        },
+    )
     ctc_auxiliary_weight: float = field(
         default=0.0,
         metadata={
@@ -470,6 +484,8 @@ def run_ctc_warmup(model, processor, train_data, encoder_cache, recipe, data_arg
         recipe.ctc_learning_rate,
         recipe.encoder_learning_rate_scale,
         seed,
+        recipe.ctc_gradient_tolerance,
+        recipe.ctc_gradient_rest_share,
     )
     stage = {"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": warmup.train(recipe.ctc_warmup_steps)}
     if wer_examples:

@@ -431,6 +431,60 @@ def test_ctc_warmup_scores_along_the_way_with_the_projector_in_eval_mode():
     assert modes == [False, False] and model.projector.training
 
 
+def test_stage_0_backward_skips_only_the_frames_with_almost_no_gradient():
+    from tiny_audio.ctc_warmup import TeachingFramesSimilarity
+
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randn(2, 5, 8, generator=generator, requires_grad=True)
+    class_vectors_t = torch.randn(8, 30, generator=generator, requires_grad=True)
+    grad = torch.randn(2, 5, 30, generator=generator)
+    confident = torch.zeros(2, 5, dtype=torch.bool)
+    confident[0, 1] = confident[1, 3] = True  # frames the readout already reads: a tiny gradient in every class
+    grad[confident] *= 1e-4
+    similarities = TeachingFramesSimilarity.apply(frames, class_vectors_t, 1e-3, 0.0)
+    assert torch.equal(similarities, frames @ class_vectors_t)
+    similarities.backward(grad)
+    with torch.no_grad():
+        assert torch.allclose(frames.grad[~confident], (grad @ class_vectors_t.T)[~confident], atol=1e-5)
+        assert torch.all(frames.grad[confident] == 0)
+        assert torch.allclose(class_vectors_t.grad, frames[~confident].T @ grad[~confident], atol=1e-5)
+
+
+def test_stage_0_backward_samples_the_other_frames_without_bias():
+    from tiny_audio.ctc_warmup import TeachingFramesSimilarity
+
+    torch.manual_seed(0)
+    frames = torch.randn(40, 8, dtype=torch.float64, requires_grad=True)
+    class_vectors_t = torch.randn(8, 30, dtype=torch.float64)
+    grad = torch.randn(40, 30, dtype=torch.float64) * torch.logspace(0, -3, 40, dtype=torch.float64)[:, None]
+    draws = []
+    for _ in range(2000):
+        frames.grad = None
+        TeachingFramesSimilarity.apply(frames, class_vectors_t, 0.1, 0.25).backward(grad)
+        draws.append(frames.grad.clone())
+    exact = (grad @ class_vectors_t.T).detach()
+    row_error = (torch.stack(draws).mean(0) - exact).abs().amax(-1) / exact.abs().amax(-1)
+    assert (draws[0] == 0).all(-1).sum() > 20  # a draw leaves most of the small frames out
+    assert row_error.max() < 0.2  # on average, each frame's gradient is there (0.04 expected, 1 if left out)
+
+
+def test_stage_0_backward_is_exact_at_zero_tolerance():
+    from tiny_audio.ctc_warmup import CTCWarmup
+
+    model, processor = build("tiny-random", projector_output="ctc_tokens")
+    warmup = CTCWarmup(model, processor, scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0))
+    gradients = {}
+    warmup.gradient_rest_share = 0.0
+    for tolerance in (0.0, 1e-12, 0.5):
+        warmup.gradient_tolerance = tolerance
+        model.projector.zero_grad()
+        projected, lengths = warmup._audio_embeddings([0, 1, 2, 3])
+        warmup.loss(projected, lengths, [warmup.targets[i] for i in range(4)]).backward()
+        gradients[tolerance] = model.projector.linear2.weight.grad.clone()
+    assert torch.allclose(gradients[1e-12], gradients[0.0], rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(gradients[0.5], gradients[0.0], rtol=1e-2)
+
+
 @pytest.mark.filterwarnings("error::UserWarning")  # e.g. a norm that misses its fused kernel under autocast
 @pytest.mark.parametrize("base_dtype", [torch.float32, torch.bfloat16])
 def test_ctc_warmup_runs_bfloat16_matmuls_on_bfloat16_bases_and_keeps_float32_weights(base_dtype):

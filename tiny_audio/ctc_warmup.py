@@ -27,6 +27,51 @@ logger = logging.getLogger(__name__)
 BLANK = 0
 
 
+def teaching_rows(grad: torch.Tensor, tolerance: float, rest_share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, weights): the fewest rows of `grad` (frames, classes) that hold all but `tolerance` of its squared norm,
+    weight 1, and a random `rest_share` of the other rows, weight 1 / `rest_share`, so that their sum stays unbiased."""
+    energy = grad.float().pow(2).sum(-1)
+    order = energy.argsort(descending=True)
+    cumulative = energy[order].cumsum(0)
+    teaching = int((cumulative < (1 - tolerance) * cumulative[-1]).sum()) + 1
+    rest = order[teaching:]
+    sampled = rest[torch.rand(len(rest)) < rest_share] if rest_share else rest[:0]
+    weights = torch.cat([energy.new_ones(teaching), energy.new_full((len(sampled),), 1 / max(rest_share, 1e-12))])
+    return torch.cat([order[:teaching], sampled]), weights
+
+
+class TeachingFramesSimilarity(torch.autograd.Function):
+    """`frames @ class_vectors_t`, whose backward skips the frames that have (almost) nothing left to learn.
+
+    A frame's CTC gradient on its logits is its softmax minus its classes' posterior under the target's alignments:
+    once the readout reads a frame with confidence (most frames are blanks), that difference is close to zero in every
+    class. Backward keeps the fewest frames that hold all but `tolerance` of the gradient's squared norm, and a random
+    `rest_share` of the others scaled by its inverse (left out, those small gradients add up to a biased step that
+    learns less, docs/experiments.md), so its two products (frames x classes x width each, most of a stage 0 step)
+    shrink with the frames that still teach. Forward and loss stay exact, and so does every kept frame's gradient: no
+    class is left out of it."""
+
+    @staticmethod
+    def forward(ctx, frames, class_vectors_t, tolerance: float, rest_share: float) -> torch.Tensor:
+        ctx.save_for_backward(frames, class_vectors_t)
+        ctx.tolerance, ctx.rest_share = tolerance, rest_share
+        return frames @ class_vectors_t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        frames, class_vectors_t = ctx.saved_tensors
+        flat_frames, grad = frames.reshape(-1, frames.shape[-1]), grad.reshape(-1, grad.shape[-1])
+        rows, weights = teaching_rows(grad, ctx.tolerance, ctx.rest_share)
+        kept_grad = (grad[rows] * weights[:, None].to(grad.dtype)).to(frames.dtype)
+        grad_frames = grad_classes = None
+        if ctx.needs_input_grad[0]:
+            grad_frames = torch.zeros_like(flat_frames).index_copy_(0, rows, kept_grad @ class_vectors_t.T)
+            grad_frames = grad_frames.view_as(frames)
+        if ctx.needs_input_grad[1]:
+            grad_classes = flat_frames[rows].T @ kept_grad
+        return grad_frames, grad_classes, None, None
+
+
 class CTCWarmup:
     """Trains the projector (and any trained encoder layers) alone with CTC on a finite dataset (cached outputs of the
     frozen encoder layers when available)."""
@@ -41,8 +86,11 @@ class CTCWarmup:
         learning_rate=1e-3,
         encoder_lr_scale=1.0,
         seed=0,
+        gradient_tolerance=1e-2,
+        gradient_rest_share=0.1,
     ):
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
+        self.gradient_tolerance, self.gradient_rest_share = gradient_tolerance, gradient_rest_share
         tokens = [spoken_tokens(processor.tokenizer, text) for text in dataset["text"]]
         self.vocab = sorted({token for row in tokens for token in row})
         self.class_of = {token: position + 1 for position, token in enumerate(self.vocab)}
@@ -83,7 +131,8 @@ class CTCWarmup:
 
     def loss(self, projected: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
         """CTC loss of projector outputs (batch, frames, llm_dim) with valid `lengths` against class `targets`."""
-        log_probs = self.head(projected, self.model.get_input_embeddings().weight).log_softmax(-1).transpose(0, 1)
+        logits = self.head(projected, self.model.get_input_embeddings().weight, self.similarity)
+        log_probs = logits.log_softmax(-1).transpose(0, 1)
         return nn.functional.ctc_loss(
             log_probs,
             torch.cat(targets).to(log_probs.device),
@@ -92,6 +141,16 @@ class CTCWarmup:
             blank=BLANK,
             zero_infinity=True,
         )
+
+    def similarity(self, frames: torch.Tensor, class_vectors_t: torch.Tensor) -> torch.Tensor:
+        """The readout's frames-by-classes product: backward through the frames that hold all but
+        `gradient_tolerance` of its gradient and a sample of the others (`TeachingFramesSimilarity`); exact when the
+        tolerance is 0."""
+        if self.gradient_tolerance:
+            return TeachingFramesSimilarity.apply(
+                frames, class_vectors_t, self.gradient_tolerance, self.gradient_rest_share
+            )
+        return frames @ class_vectors_t
 
     def classes(self, tokens: list[int]) -> torch.Tensor:
         """CTC classes of LLM token ids; a clear error for tokens that no training transcript holds."""
