@@ -485,6 +485,14 @@ def test_stage_0_backward_is_exact_at_zero_tolerance():
     assert not torch.allclose(gradients[0.5], gradients[0.0], rtol=1e-2)
 
 
+@pytest.mark.parametrize("tolerance, rest_share", [(1.0, 0.1), (-0.1, 0.1), (1e-2, 1.5)])
+def test_stage_0_backward_settings_out_of_range_get_a_clear_error(tolerance, rest_share):
+    from tiny_audio.ctc_warmup import CTCWarmup
+
+    with pytest.raises(ValueError, match="gradient_tolerance must lie in"):
+        CTCWarmup(None, None, None, gradient_tolerance=tolerance, gradient_rest_share=rest_share)
+
+
 @pytest.mark.filterwarnings("error::UserWarning")  # e.g. a norm that misses its fused kernel under autocast
 @pytest.mark.parametrize("base_dtype", [torch.float32, torch.bfloat16])
 def test_ctc_warmup_runs_bfloat16_matmuls_on_bfloat16_bases_and_keeps_float32_weights(base_dtype):

@@ -35,13 +35,15 @@ def teaching_rows(grad: torch.Tensor, tolerance: float, rest_share: float) -> tu
     cumulative = energy[order].cumsum(0)
     teaching = int((cumulative < (1 - tolerance) * cumulative[-1]).sum()) + 1
     rest = order[teaching:]
-    sampled = rest[torch.rand(len(rest)) < rest_share] if rest_share else rest[:0]
-    weights = torch.cat([energy.new_ones(teaching), energy.new_full((len(sampled),), 1 / max(rest_share, 1e-12))])
+    sampled = rest[torch.rand(len(rest), device=rest.device) < rest_share]
+    weights = torch.cat(
+        [energy.new_ones(teaching), energy.new_full((len(sampled),), 1 / rest_share if rest_share else 0)]
+    )
     return torch.cat([order[:teaching], sampled]), weights
 
 
 class TeachingFramesSimilarity(torch.autograd.Function):
-    """`frames @ class_vectors_t`, whose backward skips the frames that have (almost) nothing left to learn.
+    """`frames @ class_vectors_t`, whose backward goes through the frames that still teach and a sample of the others.
 
     A frame's CTC gradient on its logits is its softmax minus its classes' posterior under the target's alignments:
     once the readout reads a frame with confidence (most frames are blanks), that difference is close to zero in every
@@ -89,6 +91,11 @@ class CTCWarmup:
         gradient_tolerance=1e-2,
         gradient_rest_share=0.1,
     ):
+        if not (0 <= gradient_tolerance < 1 and 0 <= gradient_rest_share <= 1):
+            raise ValueError(
+                f"gradient_tolerance must lie in [0, 1) and gradient_rest_share in [0, 1], got {gradient_tolerance} "
+                f"and {gradient_rest_share}"
+            )
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
         self.gradient_tolerance, self.gradient_rest_share = gradient_tolerance, gradient_rest_share
         tokens = [spoken_tokens(processor.tokenizer, text) for text in dataset["text"]]
