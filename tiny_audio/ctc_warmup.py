@@ -76,7 +76,9 @@ class TeachingFramesSimilarity(torch.autograd.Function):
 
 class CTCWarmup:
     """Trains the projector (and any trained encoder layers) alone with CTC on a finite dataset (cached outputs of the
-    frozen encoder layers when available)."""
+    frozen encoder layers when available). AdamW's beta2 is 0.98 rather than 0.999: its second moment then follows the
+    gradients' scale over the last ~50 steps rather than ~1,000, as they shrink while the loss falls
+    (docs/experiments.md)."""
 
     def __init__(
         self,
@@ -112,7 +114,7 @@ class CTCWarmup:
         separate_head = [] if self.head is model.projector.readout else list(self.head.parameters())
         groups = [{"params": [*model.projector.parameters(), *separate_head], "lr": learning_rate}]
         groups += [{"params": encoder, "lr": learning_rate * encoder_lr_scale}] if encoder else []
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=True)
+        self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=0.0, fused=True)
         for group in self.optimizer.param_groups:
             group["initial_lr"] = group["lr"]  # the peak of the cosine schedule in `train`
         self.batches = length_grouped_batches(list(dataset["length"]), batch_size, seed)
