@@ -412,21 +412,25 @@ class ReadingConstraint(LogitsProcessor):
                     return token
             elif self.leads_into(reading, said, word_open, written + [token]):
                 return token
-        for token in self.reading_continuations(row, said):
+        for token in self.reading_continuations(row, text, said):
             if self.leads_into(reading, said, word_open, written + [token]):
                 return token
         return self.end_token_ids[0]
 
-    def reading_continuations(self, row: int, said: str):
-        """Tokens that go on from `said`: the reading's own token after it, then the first token of the rest of its
-        text (`said` ends inside a word the LLM spelt its own way). Only the rare step that no candidate suits."""
+    def reading_continuations(self, row: int, text: str, said: str):
+        """Tokens that go on from `text`, which says `said`: the reading's own token after it, then the first token of
+        the rest of its text (`said` ends inside a word the LLM spelt its own way, or before a space or an apostrophe
+        that `text` holds already). Only the rare step that no candidate suits."""
         ids, reading = self.reading_ids[row], self.readings[row]
         for index, token in enumerate(ids):
             if spoken_form(self.tokenizer.decode(ids[:index])) == said:
                 yield token
                 break
         if reading.startswith(said):
-            yield from self.tokenizer(reading[len(said) :], add_special_tokens=False)["input_ids"][:1]
+            rest = reading[len(said) :]
+            if rest[:1] in ("'", " ") and text.endswith(rest[:1]):
+                rest = rest[1:]  # written already, though the spoken form does not show it yet
+            yield from self.tokenizer(rest, add_special_tokens=False)["input_ids"][:1]
 
     def leads_into(self, reading: str, said: str, word_open: bool, tokens: list[int]) -> bool:
         """Whether `tokens`, which extend a text that says `said` (and ends inside a word when `word_open`), still
@@ -436,8 +440,9 @@ class ReadingConstraint(LogitsProcessor):
         said_after = spoken_form(extended)
         if not reading.startswith(said_after) or (said_after == said and not word_open):
             return False
-        if extended.endswith("'"):
-            return reading[len(said_after) :].startswith("'")
+        if extended.endswith("'"):  # the spoken form keeps an apostrophe only once the word goes on after it
+            rest = reading[len(said_after) :]
+            return rest.startswith("'") and reading.startswith(spoken_form(extended + rest[1:2]))
         return self.word_open(extended) or len(said_after) == len(reading) or reading[len(said_after)] == " "
 
     @staticmethod

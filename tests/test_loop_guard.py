@@ -9,6 +9,7 @@ import torch
 from conftest import noise
 
 from configuration_asr import spoken_form
+from modeling_asr import ReadingConstraint
 from pipeline_asr import ASRPipeline, LoopGuard
 from tiny_audio.ctc_warmup import CTCWarmup
 from tiny_audio.data import SkipCounter, scan, synthetic_tones
@@ -199,6 +200,21 @@ def test_a_model_that_says_its_reading_is_left_as_it_is(reading_model):
         == asr(clip, reading_ids=reading_ids, follow_reading=False)["text"]
         == PHRASE.strip()
     )
+
+
+def test_an_llm_fond_of_apostrophes_still_writes_the_whole_reading(tiny_random):
+    """An apostrophe goes where the reading has one ("cats's"), once: a second one ("cats''", which a real model
+    wrote) matches no reading, so accepting it would end the transcript with the rest of the reading unwritten."""
+    tokenizer, end_of_turn = tiny_random[1].tokenizer, tiny_random[1].end_of_turn_token_id
+    reading = " the cats's house"
+    reading_ids = tokenizer(reading, add_special_tokens=False, return_tensors="pt").input_ids
+    constraint = ReadingConstraint(tokenizer, reading_ids, prompt_length=0, end_token_ids=end_of_turn)
+    scores = torch.zeros(len(tokenizer))
+    scores[tokenizer("'", add_special_tokens=False).input_ids] = 10.0  # the LLM's favourite token, at every step
+    written = []
+    while len(written) < 40 and (token := constraint.next_token(0, written, scores)) != end_of_turn:
+        written.append(token)
+    assert spoken_form(tokenizer.decode(written)) == reading
 
 
 def test_generate_reads_each_clip_once_and_keeps_to_that_reading(reading_model, monkeypatch):
