@@ -71,7 +71,9 @@ PRESETS = {
         "base_dtype": "auto",
         "cache_encoder_outputs": True,
         "non_speech_fraction": 0.05,
-        "ctc_warmup_steps": 1500,
+        "ctc_warmup_steps": 3000,
+        "ctc_batch_size": 8,  # half the batch, twice the steps, the same clips seen: fits them better (README)
+        "ctc_learning_rate": 7e-4,
         "lora_rank": 16,
         "per_device_train_batch_size": 8,
         "learning_rate": 1e-3,

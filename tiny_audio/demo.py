@@ -1,6 +1,6 @@
 """`make demo`: train the offline `tiny` preset on the synthetic corpus, score it, and transcribe a held-out clip.
 
-    python -m tiny_audio.demo --corpus outputs/speech_corpus --output_dir outputs/demo [--train_minutes 10] [--ctc_steps 1500]
+    python -m tiny_audio.demo --corpus outputs/speech_corpus --output_dir outputs/demo [--train_minutes 10] [--ctc_steps 3000]
 
 Aims at `make demo`'s 25 minutes on 2 CPU cores with the defaults (the README has the measured times, machine by
 machine). Any other flag is passed to train_trainer.py. After training it scores the synthetic test split, real
@@ -41,7 +41,12 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--train_samples", type=int, default=6000, help="training clips (their encoder outputs are cached)"
     )
-    parser.add_argument("--ctc_steps", type=int, default=1500, help="stage 0: CTC warm-up steps of the projector")
+    parser.add_argument(
+        "--ctc_steps",
+        type=int,
+        default=train_trainer.PRESETS["tiny"]["ctc_warmup_steps"],
+        help="stage 0: CTC warm-up steps of the projector",
+    )
     parser.add_argument("--train_minutes", type=float, default=10.0, help="time budget of the LLM stage")
     parser.add_argument(
         "--max_steps", type=int, default=50, help="LLM steps: the cosine schedule ends within the budget"
