@@ -1,6 +1,6 @@
 """`make demo`: train the offline `tiny` preset on the synthetic corpus, score it, and transcribe a held-out clip.
 
-    python -m tiny_audio.demo --corpus outputs/speech_corpus --output_dir outputs/demo [--train_minutes 10] [--ctc_steps 3000]
+    python -m tiny_audio.demo --corpus outputs/speech_corpus --output_dir outputs/demo [--train_minutes 10] [--ctc_steps N]
 
 Aims at `make demo`'s 25 minutes on 2 CPU cores with the defaults (the README has the measured times, machine by
 machine). Any other flag is passed to train_trainer.py. After training it scores the synthetic test split, real
