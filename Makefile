@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 DEMO_DIR ?= outputs/demo
 CORPUS_DIR ?= outputs/speech_corpus
+# synthetic training clips: 2,500 fit the demo's 25 minutes on 2 cores; more take longer and read people better
+TRAIN_CLIPS ?= 2500
 DEMO_ARGS ?=
 
 .PHONY: venv system-deps test test-fast demo corpus mirrors app lint clean
@@ -44,10 +46,10 @@ mirrors: venv
 	$(PY) -m tiny_audio.offline_bases
 
 corpus: venv system-deps
-	$(PY) -m tiny_audio.speech_corpus $(CORPUS_DIR)
+	$(PY) -m tiny_audio.speech_corpus $(CORPUS_DIR) --num-train $(TRAIN_CLIPS)
 
 demo: venv system-deps mirrors corpus
-	$(PY) -m tiny_audio.demo --corpus $(CORPUS_DIR) --output_dir $(DEMO_DIR) $(DEMO_ARGS)
+	$(PY) -m tiny_audio.demo --corpus $(CORPUS_DIR) --output_dir $(DEMO_DIR) --train_samples $(TRAIN_CLIPS) $(DEMO_ARGS)
 
 app: venv
 	$(PY) app.py --model $(DEMO_DIR)

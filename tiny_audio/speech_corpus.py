@@ -324,7 +324,7 @@ def is_complete(out: Path, settings: dict) -> bool:
 
 def build_corpus(
     out: str | Path,
-    num_train: int = 6000,
+    num_train: int = 2500,
     num_validation: int = 200,
     num_test: int = 200,
     seed: int = 0,
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--num-train", type=int, default=6000)
+    parser.add_argument("--num-train", type=int, default=2500)
     parser.add_argument("--num-validation", type=int, default=200)
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
