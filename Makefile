@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 DEMO_DIR ?= outputs/demo
 CORPUS_DIR ?= outputs/speech_corpus
-# synthetic training clips: 2,500 fit the demo's 25 minutes on 2 cores; more take longer and read people better
-TRAIN_CLIPS ?= 2500
+# synthetic training clips: 3,000 fit the demo's 25 minutes on 2 cores; more take longer and read people better
+TRAIN_CLIPS ?= 3000
 DEMO_ARGS ?=
 
 .PHONY: venv system-deps test test-fast demo corpus mirrors app lint clean

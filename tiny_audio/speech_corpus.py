@@ -324,8 +324,8 @@ def is_complete(out: Path, settings: dict) -> bool:
 
 def build_corpus(
     out: str | Path,
-    num_train: int = 2500,
-    num_validation: int = 200,
+    num_train: int = 3000,
+    num_validation: int = 100,
     num_test: int = 200,
     seed: int = 0,
     engines: dict[str, float] | None = None,
@@ -412,8 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--num-train", type=int, default=2500)
-    parser.add_argument("--num-validation", type=int, default=200)
+    parser.add_argument("--num-train", type=int, default=3000)
+    parser.add_argument("--num-validation", type=int, default=100)
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     default_shares = ",".join(f"{name}:{share}" for name, share in ENGINE_SHARES.items())
