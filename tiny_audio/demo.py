@@ -21,7 +21,7 @@ from tiny_audio.data import SkipCounter, open_dataset, scan
 from tiny_audio.evaluation import non_speech_clips, read_manifest, score, score_non_speech, word_error_rate
 
 REAL_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
-# stage 0's passes over its clips in every measured run of today's recipe (README: 3,000 CTC steps of 8 on 6,000 clips)
+# stage 0's passes over its clips in every measured run of today's recipe (README: 1,500 CTC steps of 8 on 3,000 clips)
 CTC_PASSES = 4
 
 
