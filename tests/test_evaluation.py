@@ -1,5 +1,6 @@
 """Scoring: a manifest folder of real-format clips (one longer than 30 s), the non-speech set, the command line."""
 
+import inspect
 import json
 import shutil
 from collections import Counter
@@ -226,3 +227,14 @@ def test_the_demo_scores_synthetic_and_real_speech_and_non_speech(tiny_random, m
     without_real = demo.score_demo_model(asr, test, tmp_path / "missing")
     assert set(without_real) == set(summary) - real
     assert without_real["test_wer"] == summary["test_wer"]
+
+
+def test_the_demo_gives_stage_0_the_same_passes_over_any_number_of_clips():
+    """`make demo TRAIN_CLIPS=N` trains stage 0 as the default does, in proportion: the preset's steps for the default
+    corpus, twice as many for twice the clips."""
+    import train_trainer
+    from tiny_audio import demo, speech_corpus
+
+    default_clips = inspect.signature(speech_corpus.build_corpus).parameters["num_train"].default
+    assert demo.ctc_steps_for(default_clips) == train_trainer.PRESETS["tiny"]["ctc_warmup_steps"]
+    assert demo.ctc_steps_for(2 * default_clips) == 2 * demo.ctc_steps_for(default_clips)
