@@ -14,6 +14,8 @@ from pipeline_asr import ASRPipeline
 from tiny_audio import evaluation
 from tiny_audio.data import tone_clip
 from tiny_audio.evaluation import (
+    clip_conditions,
+    condition_breakdown,
     error_breakdown,
     non_speech_clips,
     read_manifest,
@@ -144,6 +146,38 @@ def test_the_error_breakdown_counts_each_reference_word_once_by_its_training_cou
     }
 
 
+def test_the_condition_breakdown_scores_each_engine_voice_and_augmentation_apart(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "test").mkdir(parents=True)
+    voices = {"espeak": {"train": ["en-us"], "held_out": ["en-029+f1"]}, "piper": {"train": ["joe"], "held_out": []}}
+    (corpus / "corpus.json").write_text(json.dumps({"voices": voices}))
+    (corpus / "test" / "metadata.csv").write_text(
+        "file_name,text,engine,voice,augmentation\n"
+        "0.flac,red cat,espeak,en-029+f1,telephone\n"
+        "1.flac,big dog,espeak,en-us,\n"
+        "2.flac,old hat,piper,joe,noise=white@10dB\n"
+    )
+    examples = [
+        {"audio": str(corpus / "test" / f"{i}.flac"), "text": text}
+        for i, text in enumerate(["red cat", "big dog", "old hat"])
+    ]
+    conditions = clip_conditions(corpus, "test")
+    assert conditions["0.flac"] == ["engine espeak", "held-out voice", "augmented"]
+    breakdown = condition_breakdown(examples, ["red", "big dog", "old"], conditions)
+    assert breakdown == {
+        "augmented": {"clips": 2, "wer": 0.5},
+        "clean": {"clips": 1, "wer": 0.0},
+        "engine espeak": {"clips": 2, "wer": 0.25},
+        "engine piper": {"clips": 1, "wer": 0.5},
+        "held-out voice": {"clips": 1, "wer": 0.5},
+        "training voice": {"clips": 2, "wer": 0.25},
+    }
+    with pytest.raises(ValueError, match="9.flac: not listed"):
+        condition_breakdown([{"audio": "9.flac", "text": "x"}], ["x"], conditions)
+    with pytest.raises(FileNotFoundError, match="no corpus.json"):
+        clip_conditions(corpus / "test", "test")
+
+
 def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "non_speech_clips", lambda: synthetic_non_speech_clips(seconds=1.0))
     folder = tmp_path / "speech"
@@ -174,6 +208,12 @@ def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest
     assert json.loads(output.read_text()) == summary
     with pytest.raises(SystemExit):
         evaluation.main(["--model", str(model_dir)])  # neither --manifest nor --dataset_name
+    with pytest.raises(SystemExit):
+        evaluation.main(args + ["--by_condition"])  # conditions come from a speech_corpus folder, not a manifest
+    with pytest.raises(FileNotFoundError, match="no corpus.json"):  # before any clip is scored
+        evaluation.main(
+            ["--model", str(model_dir), "--dataset_name", str(corpus), "--split", "train", "--by_condition"]
+        )
 
 
 @pytest.mark.slow

@@ -9,16 +9,19 @@ its clips may have any format, rate and length (longer than 30 s: the pipeline s
 transcribes a fixed non-speech set (noise, tones, and music loops when Debian's `sonic-pi-samples` is installed) and
 reports how many words the model makes up there. `--train_corpus` adds where the errors are: the share of reference
 words substituted, deleted and inserted, and how often the words a model gets wrong occur in that corpus's training
-transcripts (a readout of whole tokens can only write words it was trained on). The last line printed is the JSON
-summary.
+transcripts (a readout of whole tokens can only write words it was trained on). On a split of a `speech_corpus`
+folder, `--by_condition` adds the WER of each engine, of held-out and training voices, and of clean and augmented
+clips. The last line printed is the JSON summary.
 
     python -m tiny_audio.evaluation --model outputs/demo --manifest ../shared/speech --train_corpus outputs/speech_corpus
+    python -m tiny_audio.evaluation --model outputs/demo --dataset_name outputs/speech_corpus --by_condition
 """
 
 import argparse
+import csv
 import json
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import jiwer
@@ -87,6 +90,42 @@ def training_word_counts(corpus: str | Path) -> Counter:
     """How often each normalized word occurs in the transcripts of a local corpus's train split."""
     train = open_dataset(str(corpus), None, "train", "audio", "text", False)
     return Counter(word for text in train["text"] for word in normalize(text).split())
+
+
+def clip_conditions(corpus: str | Path, split: str) -> dict[str, list[str]]:
+    """The conditions of each clip of a `speech_corpus` split, by file name: its engine, whether its voice is held out
+    of training, and whether it is augmented (from the split's metadata.csv and the corpus's corpus.json)."""
+    corpus = Path(corpus)
+    if not (corpus / "corpus.json").is_file():
+        raise FileNotFoundError(f"{corpus}: no corpus.json; conditions need a folder built by tiny_audio.speech_corpus")
+    voices = json.loads((corpus / "corpus.json").read_text())["voices"]
+    held_out = {(engine, voice) for engine, entry in voices.items() for voice in entry["held_out"]}
+    with open(corpus / split / "metadata.csv", newline="") as file:
+        return {
+            row["file_name"]: [
+                f"engine {row['engine']}",
+                "held-out voice" if (row["engine"], row["voice"]) in held_out else "training voice",
+                "augmented" if row["augmentation"] else "clean",
+            ]
+            for row in csv.DictReader(file)
+        }
+
+
+def condition_breakdown(examples: list[dict], hypotheses: list[str], conditions: dict[str, list[str]]) -> dict:
+    """WER and clip count of each condition (`clip_conditions`) over `examples` of that split: which voices and
+    which kinds of audio a synthetic test's errors come from."""
+    groups = defaultdict(lambda: ([], []))
+    for example, hypothesis in zip(examples, hypotheses, strict=True):
+        name = Path(example["audio"]).name
+        if name not in conditions:
+            raise ValueError(f"{example['audio']}: not listed in the split's metadata.csv")
+        for condition in conditions[name]:
+            groups[condition][0].append(example["text"])
+            groups[condition][1].append(hypothesis)
+    return {
+        condition: {"clips": len(references), "wer": word_error_rate(references, texts)}
+        for condition, (references, texts) in sorted(groups.items())
+    }
 
 
 def read_manifest(folder: str | Path) -> list[dict]:
@@ -231,9 +270,18 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--train_corpus", default=None, help="a speech_corpus folder: break the errors down by training word counts"
     )
+    parser.add_argument(
+        "--by_condition",
+        action="store_true",
+        help="with --dataset_name a speech_corpus folder: WER by engine, held-out voice and augmentation",
+    )
     parser.add_argument("--show", type=int, default=5, help="print this many reference/hypothesis pairs")
     parser.add_argument("--output_json", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
+    if args.by_condition and not (args.dataset_name and Path(args.dataset_name).is_dir()):
+        parser.error("--by_condition needs --dataset_name to be a local speech_corpus folder")
+    # read before scoring, so that a folder without the corpus's records fails at once
+    conditions = clip_conditions(args.dataset_name, args.split) if args.by_condition else None
 
     if args.manifest:
         examples = read_manifest(args.manifest)
@@ -269,6 +317,10 @@ def main(argv=None) -> dict:
             print(
                 f"{name:>6} in training: {entry['share']:6.1%} of the reference words, {entry['wrong']:4.0%} of them wrong"
             )
+    if conditions is not None:
+        result["conditions"] = condition_breakdown(examples, result["hypotheses"], conditions)
+        for condition, entry in result["conditions"].items():
+            print(f"{condition:>16}: {entry['clips']:4d} clips, WER {entry['wer']:.1%}")
     if not args.no_non_speech:
         result.update(score_non_speech(asr, non_speech_clips(), args.batch_size, **call_kwargs))
     for example, hypothesis in list(zip(examples, result["hypotheses"]))[: args.show]:
