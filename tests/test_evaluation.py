@@ -254,18 +254,34 @@ def test_the_demo_scores_synthetic_and_real_speech_and_non_speech(tiny_random, m
     (tmp_path / "manifest.jsonl").write_text(json.dumps({"file": "one.wav", "text": "red cat"}))
     model, processor = tiny_random
     asr = ASRPipeline(model=model, processor=processor)
-    test = [
-        {"audio": {"array": tone_clip(words), "sampling_rate": 16_000}, "text": " ".join(words)}
-        for words in [["sun", "moon"], ["one", "two", "dog"]]
-    ]
-    summary = demo.score_demo_model(asr, test, tmp_path)
+    corpus = tmp_path / "corpus"
+    (corpus / "test").mkdir(parents=True)
+    (corpus / "corpus.json").write_text(json.dumps({"voices": {"espeak": {"train": ["en-us"], "held_out": ["en+f4"]}}}))
+    (corpus / "test" / "metadata.csv").write_text(
+        "file_name,text,engine,voice,augmentation\n"
+        "0.flac,sun moon,espeak,en-us,\n"
+        "1.flac,one two dog,espeak,en+f4,telephone\n"
+    )
+    test = []
+    for i, words in enumerate([["sun", "moon"], ["one", "two", "dog"]]):
+        sf.write(corpus / "test" / f"{i}.flac", tone_clip(words), 16_000)
+        test.append({"audio": str(corpus / "test" / f"{i}.flac"), "text": " ".join(words)})
+    summary = demo.score_demo_model(asr, test, tmp_path, clip_conditions(corpus, "test"))
     non_speech = {"non_speech_clips", "words_per_non_speech_clip", "non_speech_clips_with_text"}
     real = {"real_speech_wer", "real_speech_samples", "real_speech_rtfx"}
-    assert set(summary) == {"test_wer", "test_samples", "test_rtfx"} | real | non_speech
+    assert set(summary) == {"test_wer", "test_samples", "test_rtfx", "test_wer_by_condition"} | real | non_speech
     assert summary["test_samples"] == 2 and summary["real_speech_samples"] == 1 and summary["non_speech_clips"] == 7
+    assert set(summary["test_wer_by_condition"]) == {
+        "engine espeak",
+        "training voice",
+        "held-out voice",
+        "clean",
+        "augmented",
+    }
+    assert summary["test_wer_by_condition"]["engine espeak"] == summary["test_wer"]  # every clip is espeak's
     json.dumps(summary)  # what demo_results.json holds
     without_real = demo.score_demo_model(asr, test, tmp_path / "missing")
-    assert set(without_real) == set(summary) - real
+    assert set(without_real) == set(summary) - real - {"test_wer_by_condition"}
     assert without_real["test_wer"] == summary["test_wer"]
 
 

@@ -4,9 +4,10 @@
 
 Aims at `make demo`'s 25 minutes on 2 CPU cores with the defaults (the README has the measured times, machine by
 machine); `make demo TRAIN_CLIPS=6000` builds a larger corpus and trains on all of it: a better model in more time.
-Any other flag is passed to train_trainer.py. After training it scores the synthetic test split, real recordings
-(`--real_speech`, a folder with `manifest.jsonl`; by default `../shared/speech` beside the repository when it exists)
-and the non-speech set, and writes all three to `demo_results.json` in the model folder.
+Any other flag is passed to train_trainer.py. After training it scores the synthetic test split (by kind of clip too,
+when the corpus records them), real recordings (`--real_speech`, a folder with `manifest.jsonl`; by default
+`../shared/speech` beside the repository when it exists) and the non-speech set, and writes all three to
+`demo_results.json` in the model folder.
 """
 
 import argparse
@@ -18,7 +19,15 @@ from transformers import pipeline
 
 import train_trainer
 from tiny_audio.data import SkipCounter, open_dataset, scan
-from tiny_audio.evaluation import non_speech_clips, read_manifest, score, score_non_speech, word_error_rate
+from tiny_audio.evaluation import (
+    clip_conditions,
+    condition_breakdown,
+    non_speech_clips,
+    read_manifest,
+    score,
+    score_non_speech,
+    word_error_rate,
+)
 
 REAL_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
 # stage 0's passes over its clips in every measured run of today's recipe (README: 1,500 CTC steps of 8 on 3,000 clips)
@@ -30,11 +39,15 @@ def ctc_steps_for(train_samples: int) -> int:
     return round(CTC_PASSES * train_samples / train_trainer.PRESETS["tiny"]["ctc_batch_size"])
 
 
-def score_demo_model(asr, test, real_speech: Path | None) -> dict:
-    """WER and RTFx on the synthetic `test` examples and on the recordings of `real_speech` (left out when it holds no
-    manifest.jsonl), and what `asr` makes up on the non-speech set."""
+def score_demo_model(asr, test, real_speech: Path | None, conditions: dict | None = None) -> dict:
+    """WER and RTFx on the synthetic `test` examples (and by kind of clip, given their `clip_conditions`) and on the
+    recordings of `real_speech` (left out when it holds no manifest.jsonl), and what `asr` makes up on the non-speech
+    set."""
     result = score(asr, test)
     summary = {"test_wer": result["wer"], "test_samples": result["samples"], "test_rtfx": result["rtfx"]}
+    if conditions is not None:
+        breakdown = condition_breakdown(test, result["hypotheses"], conditions)
+        summary["test_wer_by_condition"] = {condition: entry["wer"] for condition, entry in breakdown.items()}
     if real_speech is not None and (real_speech / "manifest.jsonl").is_file():
         real = score(asr, read_manifest(real_speech))
         summary.update(real_speech_wer=real["wer"], real_speech_samples=real["samples"], real_speech_rtfx=real["rtfx"])
@@ -69,6 +82,8 @@ def main(argv=None) -> dict:
         "--real_speech", default=str(REAL_SPEECH), help="folder of real recordings with manifest.jsonl ('' to skip)"
     )
     args, train_flags = parser.parse_known_args(argv)
+    # a corpus built by tiny_audio.speech_corpus records each clip's engine, voice and augmentation
+    conditions = clip_conditions(args.corpus, "test") if Path(args.corpus, "corpus.json").is_file() else None
 
     start = time.monotonic()
     train_trainer.main(
@@ -105,7 +120,7 @@ def main(argv=None) -> dict:
         )
     )
     real_speech = Path(args.real_speech) if args.real_speech else None
-    summary = score_demo_model(asr, test, real_speech)
+    summary = score_demo_model(asr, test, real_speech, conditions)
     clip = test[0]
     hypothesis = asr(clip["audio"])["text"]
     summary.update(minutes_total=(time.monotonic() - start) / 60, minutes_training=train_minutes)
@@ -118,6 +133,9 @@ def main(argv=None) -> dict:
         f"\nSynthetic test split WER over {summary['test_samples']} clips: {summary['test_wer']:.1%} "
         f"(RTFx {summary['test_rtfx']:.1f})"
     )
+    if conditions is not None:
+        by_condition = summary["test_wer_by_condition"].items()
+        print("  by kind of clip: " + ", ".join(f"{condition} {wer:.1%}" for condition, wer in by_condition))
     if "real_speech_wer" in summary:
         print(
             f"Real speech WER over {summary['real_speech_samples']} recordings in {real_speech}: "
