@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -47,7 +47,6 @@ COMMON_DEFAULTS = {
     "train_sampling_strategy": "group_by_length",  # batches of similar duration: little padding
     "length_column_name": "length",
     "prediction_loss_only": True,
-    "save_safetensors": True,
     "logging_first_step": True,
 }
 PRESETS = {
@@ -329,13 +328,19 @@ class ASRTrainer(Trainer):
 
 def parse_args(argv: list[str]):
     """(model, recipe, data, training arguments, preset name): preset defaults < config file < command line."""
-    parser = HfArgumentParser((ModelArguments, RecipeArguments, DataArguments, TrainingArguments))
+    argument_classes = (ModelArguments, RecipeArguments, DataArguments, TrainingArguments)
+    parser = HfArgumentParser(argument_classes)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
     parser.add_argument("--config", default=None, help="yaml or json file of flag values")
     known, _ = parser.parse_known_args(argv)
     defaults = {**COMMON_DEFAULTS, **PRESETS.get(known.preset, {})}
     if known.config:
-        defaults.update(yaml.safe_load(Path(known.config).read_text()))  # yaml is a superset of json
+        from_file = yaml.safe_load(Path(known.config).read_text()) or {}  # yaml is a superset of json
+        # set_defaults takes any key, so a misspelt flag in the file would otherwise be dropped without a word
+        unknown = sorted(set(from_file) - {item.name for cls in argument_classes for item in fields(cls)})
+        if unknown:
+            raise ValueError(f"{known.config}: unknown flags {unknown}; see `python train_trainer.py --help`")
+        defaults.update(from_file)
     parser.set_defaults(**defaults)
     *arguments, extra = parser.parse_args_into_dataclasses(argv)
     return (*arguments, extra.preset)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from processing_asr import ASRProcessor
 from tiny_audio.data import ASRCollator, SkipCounter, build_encoder_cache, scan, synthetic_tones, tone_clip
 from tiny_audio.presets import build
-from train_trainer import main
+from train_trainer import main, parse_args
 
 
 def run(tmp_path, *args) -> dict:
@@ -206,6 +206,18 @@ def test_cached_encoder_outputs_give_the_same_loss(tiny_random):
         direct = model(**collator(examples)).loss
         from_cache = model(**collator(cached)).loss
     torch.testing.assert_close(from_cache, direct, atol=2e-3, rtol=1e-3)
+
+
+def test_config_file_sets_flags_below_the_command_line_and_refuses_unknown_ones(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("learning_rate: 0.02\nmax_steps: 7\nlora_rank: 4\n")
+    argv = ["--preset", "tiny-random", "--output_dir", str(tmp_path), "--config", str(config), "--max_steps", "9"]
+    model_args, _, _, training, preset = parse_args(argv)
+    assert (preset, training.learning_rate, training.max_steps) == ("tiny-random", 0.02, 9)
+    assert model_args.lora_rank == 4
+    config.write_text("learning_rate: 0.02\nlearnin_rate: 0.5\n")
+    with pytest.raises(ValueError, match=r"unknown flags \['learnin_rate'\]"):
+        parse_args(argv)
 
 
 def test_ctc_warmup_then_lora_stage_from_an_earlier_checkpoint(tmp_path):
