@@ -729,6 +729,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         if mm_encoder_outputs is not None:
             hidden_states, lengths = mm_encoder_outputs["audio"]
         else:
+            if input_features_mask is None:
+                raise ValueError("input_features need their input_features_mask (ASRProcessor returns both)")
             if not torch.isfinite(input_features).all():
                 raise ValueError("input_features contain NaN or Inf values; check the audio for corrupt samples")
             with torch.no_grad():

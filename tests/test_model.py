@@ -520,6 +520,13 @@ def test_mismatched_placeholders_are_a_clear_error(tiny_random):
         )
 
 
+def test_features_without_their_mask_are_a_clear_error(tiny_random):
+    model, processor = tiny_random
+    batch = processor(audio=[noise(1.0)])
+    with pytest.raises(ValueError, match="input_features need their input_features_mask"):
+        model(input_ids=batch["input_ids"], input_features=batch["input_features"])
+
+
 def test_token_readout_hands_the_llm_its_greedy_reading_side_by_side():
     """Repeats collapse, blanks drop out, padding frames are not read; the tokens heard come first, then zeros."""
     from modeling_asr import TokenReadout
