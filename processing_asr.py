@@ -86,11 +86,19 @@ def audio_file(source: str | Path | bytes):
     name = f"file {str(source)!r}" if not isinstance(source, bytes) else "audio bytes"
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise InvalidAudioError(f"{name}: no such file", "missing")
+
+    def undecodable(error: Exception) -> InvalidAudioError:
+        return InvalidAudioError(f"{name}: could not decode audio ({error})", "undecodable")
+
     try:
-        with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
-            yield opened
+        opened = sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise InvalidAudioError(f"{name}: could not decode audio ({error})", "undecodable") from error
+        raise undecodable(error) from error
+    with opened:
+        try:
+            yield opened
+        except sf.LibsndfileError as error:  # a read that fails part-way; the caller's own errors pass through
+            raise undecodable(error) from error
 
 
 def read_audio_file(source: str | Path | bytes) -> tuple[np.ndarray, int]:
@@ -243,9 +251,9 @@ class ASRProcessor(ProcessorMixin):
             audio: one clip or a list of clips (numpy arrays / tensors, mono, at `sampling_rate`), each at most 30 s.
             text: optional transcripts, one per clip; adds `labels` for training.
         """
-        if audio is None:
-            raise ValueError("ASRProcessor needs `audio`")
         clips = audio if isinstance(audio, (list, tuple)) else [audio]
+        if audio is None or not clips:
+            raise ValueError("ASRProcessor needs `audio`: one clip or a non-empty list of clips")
         if text is not None:
             text = [text] if isinstance(text, str) else list(text)
             if len(text) != len(clips):
@@ -291,12 +299,6 @@ class ASRProcessor(ProcessorMixin):
         if "labels" in rows[0]:
             batch["labels"] = [[IGNORE_INDEX] * (longest - len(r["labels"])) + r["labels"] for r in rows]
         return batch
-
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
 
     @property
     def model_input_names(self):

@@ -10,7 +10,7 @@ import soundfile as sf
 from conftest import noise
 
 from pipeline_asr import ASRPipeline, file_blocks
-from processing_asr import InvalidAudioError, check_audio, checked_blocks, load_audio
+from processing_asr import InvalidAudioError, audio_file, check_audio, checked_blocks, load_audio
 from tiny_audio.data import SKIP_REASONS, decode_example
 
 
@@ -53,6 +53,20 @@ def test_check_errors_carry_their_reason(samples, reason, message):
     with pytest.raises(InvalidAudioError, match=message) as error:
         check_audio(samples, "clip", max_seconds=1)
     assert error.value.reason == reason
+
+
+def test_an_error_of_the_caller_inside_an_open_audio_file_is_not_called_a_decoding_error(tmp_path):
+    path = tmp_path / "clip.wav"
+    sf.write(path, noise(0.5), 16_000)
+    with pytest.raises(RuntimeError, match="the caller's own bug"), audio_file(path):
+        raise RuntimeError("the caller's own bug")
+
+
+def test_a_processor_call_without_clips_is_a_clear_error(tiny_random):
+    _, processor = tiny_random
+    for audio in (None, []):
+        with pytest.raises(ValueError, match="one clip or a non-empty list of clips"):
+            processor(audio=audio)
 
 
 def test_reason_survives_pickling_and_must_be_known():
