@@ -16,7 +16,15 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 from processing_asr import ASRProcessor
-from tiny_audio.data import ASRCollator, SkipCounter, build_encoder_cache, scan, synthetic_tones, tone_clip
+from tiny_audio.data import (
+    ASRCollator,
+    SkipCounter,
+    build_encoder_cache,
+    open_dataset,
+    scan,
+    synthetic_tones,
+    tone_clip,
+)
 from tiny_audio.presets import build
 from train_trainer import main, parse_args
 
@@ -193,6 +201,14 @@ def test_streaming_a_local_folder_trains(tmp_path, messy_folder):
         "10",
     )
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_a_folder_without_split_folders_is_its_train_split_alone(tmp_path):
+    flat = tmp_path / "flat"
+    (write_folder(tmp_path, [("a.wav", tone_clip(["one", "two"]), "one two")]) / "train").rename(flat)
+    assert open_dataset(str(flat), None, "train", "audio", "text", False)["text"] == ["one two"]
+    with pytest.raises(FileNotFoundError, match="no 'validation' split in .*flat"):
+        open_dataset(str(flat), None, "validation", "audio", "text", False)
 
 
 def test_cached_encoder_outputs_give_the_same_loss(tiny_random):

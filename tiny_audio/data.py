@@ -83,8 +83,14 @@ def synthetic_tones(split: str, num_examples: int = 64) -> Dataset:
 
 
 def local_folder(folder: Path, split: str, streaming: bool):
-    """An audiofolder-layout split: `folder/split/metadata.{csv,jsonl}` with a `file_name` column beside the audio."""
-    split_dir = folder / split if (folder / split).is_dir() else folder
+    """An audiofolder-layout split: `folder/split/metadata.{csv,jsonl}` with a `file_name` column beside the audio.
+    As in `datasets`' audiofolder, a folder without split folders is its "train" split alone, so that evaluation
+    never scores the training clips by mistake."""
+    split_dir = folder / split
+    if not split_dir.is_dir():
+        if split != "train":
+            raise FileNotFoundError(f"no {split!r} split in {folder}: expected a folder {split_dir}")
+        split_dir = folder
     for name, builder in (("metadata.csv", "csv"), ("metadata.jsonl", "json")):
         if (split_dir / name).is_file():
             dataset = load_dataset(builder, data_files=str(split_dir / name), split="train", streaming=streaming)
