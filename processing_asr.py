@@ -181,8 +181,8 @@ class ASRProcessor(ProcessorMixin):
 
     def __init__(
         self,
-        feature_extractor=None,
-        tokenizer=None,
+        feature_extractor,
+        tokenizer,
         chat_template=None,
         audio_token: str = DEFAULT_AUDIO_TOKEN,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,

@@ -287,7 +287,10 @@ class ASRTrainer(Trainer):
         self.encoder_learning_rate_scale = encoder_learning_rate_scale
         self.ctc_warmup, self.ctc_auxiliary_weight = ctc_warmup, ctc_auxiliary_weight
         if ctc_auxiliary_weight and ctc_warmup is None:
-            raise ValueError("--ctc_auxiliary_weight needs the CTC head of stage 0 (--ctc_warmup_steps > 0)")
+            raise ValueError(
+                "--ctc_auxiliary_weight needs the CTC head of stage 0, which runs only with --ctc_warmup_steps > 0 "
+                "and not when resuming from a checkpoint"
+            )
         if ctc_auxiliary_weight:
             ctc_warmup.head.requires_grad_(False)  # the head of stage 0 is the fixed reference the projector keeps to
 

@@ -1,7 +1,7 @@
 """Plot a run's loss curves (CTC warm-up and LLM stage) and eval WER: `python -m tiny_audio.plot_loss RUN_DIR OUT.png`."""
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -38,4 +38,8 @@ def main(run_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", help="a training output folder (training_run.json and trainer_state.json)")
+    parser.add_argument("out", help="the image to write, e.g. docs/demo_loss.png")
+    arguments = parser.parse_args()
+    main(arguments.run_dir, arguments.out)
