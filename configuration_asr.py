@@ -255,7 +255,7 @@ class ASRConfig(PreTrainedConfig):
 
     @classmethod
     def from_base_configs(cls, audio_config, text_config, audio_token_id: int, **settings) -> "ASRConfig":
-        """The complete config of a fresh model on these base models, built in one go so nothing sets fields later.
+        """The complete config of a fresh model on these base models, checked once all its fields are known.
 
         `audio_config` / `text_config` are those of `audio_model_id` / `text_model_id`, or of random bases (ids
         `None`, `base_seed` set); `audio_token_id` is the placeholder's id in the processor's tokenizer. The bases can
@@ -271,10 +271,6 @@ class ASRConfig(PreTrainedConfig):
         if config.base_seed is None and not (config.audio_model_id and config.text_model_id):
             raise ValueError("a base model without a Hub id needs `base_seed` so that it can be rebuilt on loading")
         return config
-
-    def num_audio_tokens(self, num_samples: int) -> int:
-        """Audio tokens this model spends on a clip of `num_samples` 16 kHz samples."""
-        return num_audio_tokens(num_samples, self.pad_audio_to_30s)
 
     def max_new_tokens_for(self, num_samples: int) -> int:
         """Cap on generated tokens for a clip, so a confused model cannot run away."""

@@ -241,7 +241,7 @@ def test_whisper_baseline_transcribes_a_long_manifest_clip_whole(tmp_path, model
         {"file": "short.flac", "text": "Good morning, how are you today?"},
     ]
     (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(entry) for entry in entries))
-    result = evaluation.evaluate_whisper(model_id, read_manifest(tmp_path), batch_size=2)
+    result = evaluation.score(evaluation.WhisperTranscriber(model_id), read_manifest(tmp_path), batch_size=2)
     assert result["samples"] == 2 and result["wer"] < 0.3, result
     assert "weather" in result["hypotheses"][0].split()[-1].lower()  # the end of the long clip is there
 

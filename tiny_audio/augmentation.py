@@ -272,14 +272,13 @@ def tone(freqs: list[float], seconds: float, rng: np.random.Generator) -> np.nda
     return (wave * fade).astype(np.float32)
 
 
-def non_speech_clip(seed: int, kind: str | None = None) -> tuple[np.ndarray, str]:
+def non_speech_clip(seed: int, kind: str) -> tuple[np.ndarray, str]:
     """A 1-10 s 16 kHz float32 clip with no speech in it, and a description (e.g. `music:loop_amen`).
 
     Kinds: coloured noise, music or ambience loops and drum hits (sonic-pi-samples; coloured noise without it),
     steady tones, beeps, chords and near-silence.  The same seed gives the same clip.
     """
     rng = np.random.default_rng(seed)
-    kind = kind or str(NON_SPEECH_KINDS[rng.integers(len(NON_SPEECH_KINDS))])
     n = int(rng.uniform(1.0, 10.0) * SAMPLE_RATE)
     level = float(rng.uniform(0.05, 0.5))
     music, hits = sonic_pi_samples(BACKGROUND_PREFIXES), sonic_pi_samples(HIT_PREFIXES)

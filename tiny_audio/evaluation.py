@@ -153,7 +153,7 @@ def read_manifest(folder: str | Path) -> list[dict]:
 
 
 def score(asr, examples, batch_size: int = 8, **call_kwargs) -> dict:
-    """WER, RTFx and samples of `asr` (an ASR pipeline: ours or transformers' Whisper one) on `examples`, dicts with
+    """WER, RTFx and samples of `asr` (an ASR pipeline, or a `WhisperTranscriber`) on `examples`, dicts with
     `audio` (anything `load_audio` reads) and `text`; the pipeline batches clips of similar length."""
     clips = [load_audio(example["audio"]) for example in examples]
     start = time.perf_counter()
@@ -197,11 +197,6 @@ class WhisperTranscriber:
             generated = self.model.generate(**inputs, return_timestamps=long_form, **self.language)
             texts += self.processor.batch_decode(generated, skip_special_tokens=True)
         return [{"text": text} for text in texts]
-
-
-def evaluate_whisper(model_id: str, examples, batch_size: int = 16) -> dict:
-    """`score` of a plain Whisper checkpoint."""
-    return score(WhisperTranscriber(model_id), examples, batch_size)
 
 
 def synthetic_non_speech_clips(seed: int = 0, seconds: float = NON_SPEECH_SECONDS) -> dict[str, np.ndarray]:
@@ -298,8 +293,7 @@ def main(argv=None) -> dict:
     if args.whisper:
         asr, call_kwargs = WhisperTranscriber(args.model), {}
     else:
-        loaded = pipeline("automatic-speech-recognition", model=args.model, trust_remote_code=True)
-        asr, call_kwargs = ASRPipeline(model=loaded.model, processor=loaded.processor), {}
+        asr, call_kwargs = pipeline("automatic-speech-recognition", model=args.model, trust_remote_code=True), {}
         if args.no_loop_guard:
             call_kwargs["loop_guard"] = False
         if args.no_follow_reading:
