@@ -127,7 +127,7 @@ def load_tiny(device, dtype):
     from configuration_asr import mirror_root
     from tiny_audio.presets import PRESETS, build
 
-    ids = [PRESETS["tiny"].config[key] for key in ("audio_model_id", "text_model_id")]
+    ids = [PRESETS["tiny"][key] for key in ("audio_model_id", "text_model_id")]
     offline = huggingface_hub.constants.HF_HUB_OFFLINE
     if all((mirror_root() / model_id).is_dir() for model_id in ids):
         huggingface_hub.constants.HF_HUB_OFFLINE = True  # the local mirror is there: no minutes of Hub retries

@@ -1,6 +1,4 @@
-"""Named model builds: the reference build, the offline `tiny` build and the random `tiny-random` smoke build."""
-
-from dataclasses import dataclass, field
+"""Named model builds (the `ASRConfig` settings of each): the reference build, the offline `tiny` build and the random `tiny-random` smoke build."""
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -23,15 +21,6 @@ TINY_RANDOM_WORDS = (
 ).split()
 
 
-@dataclass
-class Preset:
-    """A model build: base model ids (or random configs), prompt and projector settings."""
-
-    name: str
-    config: dict = field(default_factory=dict)
-    random_weights: bool = False
-
-
 TINY = {
     "audio_model_id": "openai/whisper-tiny.en",
     "text_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -45,58 +34,51 @@ TINY = {
 TINY_BASE = {**TINY, "audio_model_id": "openai/whisper-base"}
 
 PRESETS = {
-    "reference": Preset("reference"),
-    "tiny": Preset("tiny", TINY),
-    "tiny-base": Preset("tiny-base", TINY_BASE),
+    "reference": {},
+    "tiny": TINY,
+    "tiny-base": TINY_BASE,
     # Whisper base, and the LLM reads the tokens that stage 0's CTC readout hears, so it copies them instead of writing
     # text of its own where the audio is unclear; with it, 15 s pieces read real speech best, the readout's class
     # vectors learn the tokens' spellings, and the LLM picks the likeliest text among 8 CTC readings (README)
-    "tiny-base-tokens": Preset(
-        "tiny-base-tokens",
-        {
-            **TINY_BASE,
-            "projector_output": "ctc_tokens",
-            "chunk_length_s": 15.0,
-            "readout_spelling_buckets": 32768,
-            "reading_beam_size": 8,
+    "tiny-base-tokens": {
+        **TINY_BASE,
+        "projector_output": "ctc_tokens",
+        "chunk_length_s": 15.0,
+        "readout_spelling_buckets": 32768,
+        "reading_beam_size": 8,
+    },
+    "tiny-random": {
+        "audio_model_id": None,
+        "text_model_id": None,
+        "system_prompt": "/no_think",
+        "audio_config": {
+            "model_type": "whisper",
+            "d_model": 64,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_layers": 1,
+            "decoder_attention_heads": 4,
+            "decoder_ffn_dim": 128,
+            "num_mel_bins": 80,
+            "max_source_positions": 1500,
         },
-    ),
-    "tiny-random": Preset(
-        "tiny-random",
-        {
-            "audio_model_id": None,
-            "text_model_id": None,
-            "system_prompt": "/no_think",
-            "audio_config": {
-                "model_type": "whisper",
-                "d_model": 64,
-                "encoder_layers": 2,
-                "encoder_attention_heads": 4,
-                "encoder_ffn_dim": 128,
-                "decoder_layers": 1,
-                "decoder_attention_heads": 4,
-                "decoder_ffn_dim": 128,
-                "num_mel_bins": 80,
-                "max_source_positions": 1500,
-            },
-            "text_config": {
-                "model_type": "smollm3",
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "vocab_size": 512,
-                "max_position_embeddings": 2048,
-                "tie_word_embeddings": True,
-                "initializer_range": 0.3,  # logits that depend on the input, so a projector can steer them
-                "pad_token_id": 0,  # the ids of build_offline_tokenizer's special tokens
-                "bos_token_id": 1,
-                "eos_token_id": 2,
-            },
+        "text_config": {
+            "model_type": "smollm3",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": 512,
+            "max_position_embeddings": 2048,
+            "tie_word_embeddings": True,
+            "initializer_range": 0.3,  # logits that depend on the input, so a projector can steer them
+            "pad_token_id": 0,  # the ids of build_offline_tokenizer's special tokens
+            "bos_token_id": 1,
+            "eos_token_id": 2,
         },
-        random_weights=True,
-    ),
+    },
 }
 
 
@@ -125,10 +107,9 @@ def build(preset: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float3
 
     The tokenizer and the base configs come first, so that the `ASRConfig` is built complete, once.
     """
-    spec = PRESETS[preset]
-    settings = {**spec.config, **overrides}
+    settings = {**PRESETS[preset], **overrides}
     set_seed(seed)
-    if spec.random_weights:
+    if settings.get("audio_config") is not None:  # random bases, built from the configs the preset gives
         feature_extractor = WhisperFeatureExtractor(feature_size=settings["audio_config"]["num_mel_bins"])
         tokenizer = build_offline_tokenizer(settings["text_config"]["vocab_size"])
         settings["base_seed"] = seed
