@@ -10,21 +10,28 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.pipelines.base import ChunkPipeline
 
 try:
-    from .configuration_asr import HOP_LENGTH, MAX_CHUNK_SECONDS, SAMPLING_RATE
+    from .configuration_asr import (
+        HOP_LENGTH,
+        LOOP_MAX_PERIOD,
+        LOOP_MIN_REPEATS,
+        LOOP_MIN_TOKENS,
+        MAX_CHUNK_SECONDS,
+        SAMPLING_RATE,
+    )
     from .processing_asr import InvalidAudioError, audio_file, checked_blocks, load_audio
 except ImportError:
-    from configuration_asr import HOP_LENGTH, MAX_CHUNK_SECONDS, SAMPLING_RATE
+    from configuration_asr import (
+        HOP_LENGTH,
+        LOOP_MAX_PERIOD,
+        LOOP_MIN_REPEATS,
+        LOOP_MIN_TOKENS,
+        MAX_CHUNK_SECONDS,
+        SAMPLING_RATE,
+    )
     from processing_asr import InvalidAudioError, audio_file, checked_blocks, load_audio
 
 FILE_BLOCK_SECONDS = 10
 QUIET_FRAME = 400  # 25 ms frames when looking for a quiet point to split at
-# Loop guard defaults (a model config may override them with attributes of the same name in lower case): an n-gram of
-# up to LOOP_MAX_PERIOD tokens counts as a loop once it repeats LOOP_MIN_REPEATS times in a row and the copies span at
-# least LOOP_MIN_TOKENS tokens, so "very very" or "no no no" stay, and "the best of the best of the best" stops.
-# A period as long as a sentence also stops a model that copies a reading and jumps back to an earlier sentence.
-LOOP_MAX_PERIOD = 32
-LOOP_MIN_REPEATS = 3
-LOOP_MIN_TOKENS = 8
 
 
 def file_blocks(path: str | Path):
@@ -104,13 +111,8 @@ class LoopGuard(StoppingCriteria):
 
     @classmethod
     def from_config(cls, prompt_length: int, config) -> "LoopGuard":
-        """The guard with `config.loop_max_period` / `loop_min_repeats` / `loop_min_tokens` where a config sets them."""
-        return cls(
-            prompt_length,
-            getattr(config, "loop_max_period", LOOP_MAX_PERIOD),
-            getattr(config, "loop_min_repeats", LOOP_MIN_REPEATS),
-            getattr(config, "loop_min_tokens", LOOP_MIN_TOKENS),
-        )
+        """The guard with an `ASRConfig`'s `loop_max_period`, `loop_min_repeats` and `loop_min_tokens`."""
+        return cls(prompt_length, config.loop_max_period, config.loop_min_repeats, config.loop_min_tokens)
 
     def repeats(self, period: int) -> int:
         """Copies of a `period`-token n-gram that make a loop."""

@@ -2,13 +2,12 @@
 leaves other output unchanged; a model whose LLM reads a `TokenReadout` writes the words of its reading, once."""
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import noise
 
-from configuration_asr import spoken_form
+from configuration_asr import ASRConfig, spoken_form
 from modeling_asr import ReadingConstraint
 from pipeline_asr import ASRPipeline, LoopGuard
 from tiny_audio.ctc_warmup import CTCWarmup
@@ -164,7 +163,7 @@ def test_stopping_is_judged_row_by_row():
 
 
 def test_parameters_come_from_the_model_config():
-    guard = LoopGuard.from_config(5, SimpleNamespace(loop_min_repeats=4, loop_max_period=3))
+    guard = LoopGuard.from_config(5, ASRConfig(loop_min_repeats=4, loop_max_period=3))
     assert (guard.prompt_length, guard.max_period, guard.min_repeats, guard.min_tokens) == (5, 3, 4, 8)
     assert guard.trim(ids("the best of the best of the best of")) == ids("the best of the best of the best of")
     with pytest.raises(ValueError, match="min_repeats >= 2"):
