@@ -23,6 +23,7 @@ MAX_CHUNK_SECONDS = MAX_FEATURE_FRAMES * HOP_LENGTH / SAMPLING_RATE
 # times in a row and the copies span at least LOOP_MIN_TOKENS tokens, so "very very" or "no no no" stay, and "the best
 # of the best of the best" stops. A period as long as a sentence also stops a model that copies a reading and jumps
 # back to an earlier sentence.
+DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")  # the LLM's attention queries and values
 LOOP_MAX_PERIOD = 32
 LOOP_MIN_REPEATS = 3
 LOOP_MIN_TOKENS = 8
@@ -33,10 +34,14 @@ def conv_output_length(length, kernel_size=3, stride=2, padding=1):
     return (length + 2 * padding - kernel_size) // stride + 1
 
 
-def feature_frames_to_audio_tokens(num_frames):
-    """Mel frames -> audio tokens: Whisper's stride-2 conv, then the projector's two stride-2 convs (8x)."""
-    encoder_frames = conv_output_length(num_frames)
+def projector_output_length(encoder_frames):
+    """Whisper encoder frames -> audio tokens: the projector's two stride-2 convs (4x)."""
     return conv_output_length(conv_output_length(encoder_frames))
+
+
+def feature_frames_to_audio_tokens(num_frames):
+    """Mel frames -> audio tokens: Whisper's stride-2 conv, then the projector's (8x in all)."""
+    return projector_output_length(conv_output_length(num_frames))
 
 
 def num_audio_tokens(num_samples: int, pad_audio_to_30s: bool = False) -> int:
@@ -260,7 +265,7 @@ class ASRConfig(PreTrainedConfig):
                 f"got {self.trained_encoder_layers}"
             )
         if self.lora_target_modules is None:
-            self.lora_target_modules = ["q_proj", "v_proj"]
+            self.lora_target_modules = list(DEFAULT_LORA_TARGETS)
         if not 0 < self.chunk_length_s <= MAX_CHUNK_SECONDS:
             raise ValueError(
                 f"chunk_length_s must lie in (0, {MAX_CHUNK_SECONDS:g}] seconds, got {self.chunk_length_s}"

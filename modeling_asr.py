@@ -27,12 +27,14 @@ from transformers.utils import cached_file, logging
 
 try:
     from .configuration_asr import (
+        DEFAULT_LORA_TARGETS,
         HOP_LENGTH,
         MAX_FEATURE_FRAMES,
         ASRConfig,
         conv_output_length,
         feature_frames_to_audio_tokens,
         from_pretrained_or_mirror,
+        projector_output_length,
         spoken_form,
     )
     from .cpu_inference_asr import (
@@ -43,12 +45,14 @@ try:
     )
 except ImportError:
     from configuration_asr import (
+        DEFAULT_LORA_TARGETS,
         HOP_LENGTH,
         MAX_FEATURE_FRAMES,
         ASRConfig,
         conv_output_length,
         feature_frames_to_audio_tokens,
         from_pretrained_or_mirror,
+        projector_output_length,
         spoken_form,
     )
     from cpu_inference_asr import (
@@ -618,7 +622,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     # ----------------------------------------------------------------- modules
 
-    def add_lora_adapters(self, rank: int, alpha: int = 32, dropout: float = 0.0, target_modules=("q_proj", "v_proj")):
+    def add_lora_adapters(self, rank: int, alpha: int = 32, dropout: float = 0.0, target_modules=DEFAULT_LORA_TARGETS):
         """Adds trainable LoRA adapters to the LLM (e.g. for a second stage after projector-only training)."""
         if self.config.lora_rank > 0:
             raise ValueError(f"the model already has LoRA adapters of rank {self.config.lora_rank}")
@@ -676,7 +680,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         if reading_ids is None:
             reading_ids = self.read_audio(input_features, input_features_mask, mm_encoder_outputs)
         if mm_encoder_outputs is not None:
-            lengths = conv_output_length(conv_output_length(mm_encoder_outputs["audio"][1]))
+            lengths = projector_output_length(mm_encoder_outputs["audio"][1])
         else:
             lengths = feature_frames_to_audio_tokens(input_features_mask.sum(-1))
         return readout.reading_embeddings(reading_ids, lengths, self.get_input_embeddings().weight), lengths

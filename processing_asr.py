@@ -16,7 +16,7 @@ try:
         DEFAULT_SYSTEM_PROMPT,
         DEFAULT_USER_PROMPT,
         HOP_LENGTH,
-        MAX_FEATURE_FRAMES,
+        MAX_CHUNK_SECONDS,
         PROCESSOR_SETTINGS,
         SAMPLING_RATE,
         check_user_prompt,
@@ -28,7 +28,7 @@ except ImportError:
         DEFAULT_SYSTEM_PROMPT,
         DEFAULT_USER_PROMPT,
         HOP_LENGTH,
-        MAX_FEATURE_FRAMES,
+        MAX_CHUNK_SECONDS,
         PROCESSOR_SETTINGS,
         SAMPLING_RATE,
         check_user_prompt,
@@ -262,7 +262,7 @@ class ASRProcessor(ProcessorMixin):
         for index, clip in enumerate(clips):
             name = f"audio[{index}]"
             samples = load_audio(clip, sampling_rate, name)
-            check_audio(samples, name, max_seconds=MAX_FEATURE_FRAMES * HOP_LENGTH / SAMPLING_RATE)
+            check_audio(samples, name, max_seconds=MAX_CHUNK_SECONDS)
             features.append(self.extract_features(samples))
             rows.append(self.tokenize(samples.size, None if text is None else text[index], index))
         batch = self.pad_tokens(rows)

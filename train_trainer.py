@@ -22,6 +22,7 @@ from datasets.distributed import split_dataset_by_node
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 import hub_push
+from configuration_asr import DEFAULT_LORA_TARGETS
 from modeling_asr import ASRModel
 from processing_asr import ASRProcessor, load_audio
 from tiny_audio.ctc_warmup import CTCWarmup
@@ -129,7 +130,9 @@ class ModelArguments:
     lora_rank: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA)"})
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "comma-separated module names"})
+    lora_target_modules: str = field(
+        default=",".join(DEFAULT_LORA_TARGETS), metadata={"help": "comma-separated module names"}
+    )
     freeze_projector: bool = field(
         default=False,
         metadata={
