@@ -31,6 +31,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from tiny_audio.augmentation import change_speed
+
 SAMPLE_RATE = 16_000
 INSTALL_HINT = "espeak-ng is not installed; install it with `apt-get install espeak-ng`"
 
@@ -69,7 +71,7 @@ def synthesize(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 5
 
 def tape_shift(audio: np.ndarray, semitones: float) -> np.ndarray:
     """Pitch and tempo moved together (a new-sounding speaker from a single-voice engine)."""
-    return soxr.resample(audio, SAMPLE_RATE * 2 ** (semitones / 12), SAMPLE_RATE).astype(np.float32)
+    return change_speed(audio, 2 ** (semitones / 12))
 
 
 def packages_missing(*modules: str) -> list[str]:
