@@ -35,6 +35,7 @@ from pipeline_asr import ASRPipeline
 from processing_asr import load_audio
 from tiny_audio.augmentation import SONIC_PI_DIR, coloured_noise, sonic_pi_samples
 from tiny_audio.data import SkipCounter, open_dataset, scan
+from tiny_audio.speech_corpus import read_corpus_record
 
 normalize = EnglishTextNormalizer({})
 NON_SPEECH_SECONDS = 6.0
@@ -96,9 +97,10 @@ def clip_conditions(corpus: str | Path, split: str) -> dict[str, list[str]]:
     """The conditions of each clip of a `speech_corpus` split, by file name: its engine, whether its voice is held out
     of training, and whether it is augmented (from the split's metadata.csv and the corpus's corpus.json)."""
     corpus = Path(corpus)
-    if not (corpus / "corpus.json").is_file():
+    record = read_corpus_record(corpus)
+    if record is None:
         raise FileNotFoundError(f"{corpus}: no corpus.json; conditions need a folder built by tiny_audio.speech_corpus")
-    voices = json.loads((corpus / "corpus.json").read_text())["voices"]
+    voices = record["voices"]
     held_out = {(engine, voice) for engine, entry in voices.items() for voice in entry["held_out"]}
     with open(corpus / split / "metadata.csv", newline="") as file:
         return {

@@ -306,7 +306,7 @@ def write_metadata(path: Path, clips: list[Clip], durations: list[float]) -> Non
             )
 
 
-def read_manifest(out: Path) -> dict | None:
+def read_corpus_record(out: Path) -> dict | None:
     """OUT/corpus.json, or None when the corpus was never completed."""
     path = out / "corpus.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -314,7 +314,7 @@ def read_manifest(out: Path) -> dict | None:
 
 def is_complete(out: Path, settings: dict) -> bool:
     """True when OUT holds a finished corpus built with exactly `settings`."""
-    manifest = read_manifest(out)
+    manifest = read_corpus_record(out)
     return (
         manifest is not None
         and manifest.get("settings") == settings
@@ -352,7 +352,7 @@ def build_corpus(
     }
     if is_complete(out, settings):
         print(f"{out}: complete corpus with these settings already there, nothing to do")
-        return read_manifest(out)
+        return read_corpus_record(out)
 
     check_voices(Espeak.train_voices + Espeak.held_out_voices)
     sentences = load_sentences()
