@@ -19,6 +19,7 @@ SAMPLING_RATE = 16_000
 HOP_LENGTH = 160  # Whisper's mel hop: 100 feature frames per second
 MAX_FEATURE_FRAMES = 3000  # Whisper's position table covers 30 s
 MAX_CHUNK_SECONDS = MAX_FEATURE_FRAMES * HOP_LENGTH / SAMPLING_RATE
+MIN_CHUNK_SECONDS = 1.0  # shorter pieces cut words apart (and a piece needs room for a quiet point to cut at)
 # Loop guard defaults: an n-gram of up to LOOP_MAX_PERIOD tokens counts as a loop once it repeats LOOP_MIN_REPEATS
 # times in a row and the copies span at least LOOP_MIN_TOKENS tokens, so "very very" or "no no no" stay, and "the best
 # of the best of the best" stops. A period as long as a sentence also stops a model that copies a reading and jumps
@@ -27,6 +28,14 @@ DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")  # the LLM's attention queries and v
 LOOP_MAX_PERIOD = 32
 LOOP_MIN_REPEATS = 3
 LOOP_MIN_TOKENS = 8
+
+
+def check_chunk_length(chunk_length_s: float) -> None:
+    """The pipeline's pieces of long audio: from `MIN_CHUNK_SECONDS` to Whisper's 30 s window."""
+    if not MIN_CHUNK_SECONDS <= chunk_length_s <= MAX_CHUNK_SECONDS:
+        raise ValueError(
+            f"chunk_length_s must lie in [{MIN_CHUNK_SECONDS:g}, {MAX_CHUNK_SECONDS:g}] seconds, got {chunk_length_s}"
+        )
 
 
 def conv_output_length(length, kernel_size=3, stride=2, padding=1):
@@ -266,10 +275,7 @@ class ASRConfig(PreTrainedConfig):
             )
         if self.lora_target_modules is None:
             self.lora_target_modules = list(DEFAULT_LORA_TARGETS)
-        if not 0 < self.chunk_length_s <= MAX_CHUNK_SECONDS:
-            raise ValueError(
-                f"chunk_length_s must lie in (0, {MAX_CHUNK_SECONDS:g}] seconds, got {self.chunk_length_s}"
-            )
+        check_chunk_length(self.chunk_length_s)
 
     @classmethod
     def from_base_configs(cls, audio_config, text_config, audio_token_id: int, **settings) -> "ASRConfig":
@@ -297,6 +303,7 @@ class ASRConfig(PreTrainedConfig):
 
 __all__ = [
     "ASRConfig",
+    "check_chunk_length",
     "check_user_prompt",
     "from_pretrained_or_mirror",
     "hub_reachable",

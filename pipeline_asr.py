@@ -17,6 +17,7 @@ try:
         LOOP_MIN_TOKENS,
         MAX_CHUNK_SECONDS,
         SAMPLING_RATE,
+        check_chunk_length,
     )
     from .processing_asr import InvalidAudioError, audio_file, checked_blocks, load_audio
 except ImportError:
@@ -27,6 +28,7 @@ except ImportError:
         LOOP_MIN_TOKENS,
         MAX_CHUNK_SECONDS,
         SAMPLING_RATE,
+        check_chunk_length,
     )
     from processing_asr import InvalidAudioError, audio_file, checked_blocks, load_audio
 
@@ -163,6 +165,8 @@ class ASRPipeline(ChunkPipeline):
         self.feature_extractor = None
 
     def __call__(self, inputs=None, *args, **kwargs):
+        if isinstance(inputs, list) and not inputs:
+            return []
         if not isinstance(inputs, list) or len(inputs) < 2:
             return super().__call__(inputs, *args, **kwargs)
         rate = kwargs.get("sampling_rate")
@@ -184,7 +188,10 @@ class ASRPipeline(ChunkPipeline):
         follow_reading=None,
         **kwargs,
     ):
-        preprocess = {k: v for k, v in {"chunk_length_s": chunk_length_s, "sampling_rate": sampling_rate}.items() if v}
+        if chunk_length_s is not None:
+            check_chunk_length(chunk_length_s)
+        preprocess = {"chunk_length_s": chunk_length_s, "sampling_rate": sampling_rate}
+        preprocess = {key: value for key, value in preprocess.items() if value is not None}
         forward = dict(kwargs.pop("generate_kwargs", {}), **kwargs)
         if max_new_tokens is not None:
             forward["max_new_tokens"] = max_new_tokens
@@ -198,11 +205,14 @@ class ASRPipeline(ChunkPipeline):
         return preprocess, forward, postprocess
 
     def preprocess(self, inputs, chunk_length_s: float | None = None, sampling_rate: int | None = None):
-        if inputs is None or (isinstance(inputs, (str, bytes)) and len(inputs) == 0):
+        if inputs is None:
+            raise InvalidAudioError("audio input is None; pass a file path, bytes, an array or a dict", "unsupported")
+        if isinstance(inputs, (str, bytes)) and len(inputs) == 0:
             raise InvalidAudioError("audio input is empty", "empty")
         chunk_length_s = chunk_length_s or getattr(self.model.config, "chunk_length_s", MAX_CHUNK_SECONDS)
         max_samples = int(chunk_length_s * SAMPLING_RATE)
-        blocks = checked_blocks(audio_blocks(inputs, sampling_rate))  # the processor's checks, on the stream
+        name = f"file {str(inputs)!r}" if isinstance(inputs, (str, Path)) else "audio"
+        blocks = checked_blocks(audio_blocks(inputs, sampling_rate), name)  # the processor's checks, on the stream
         previous = None
         for offset, chunk in split_at_quiet_points(blocks, max_samples, max_samples * 2 // 3):
             if previous is not None:

@@ -41,7 +41,17 @@ IGNORE_INDEX = -100
 class InvalidAudioError(ValueError):
     """Audio that cannot be transcribed; `reason` (one of `REASONS`) tells the cases apart without parsing the message."""
 
-    REASONS = ("missing", "undecodable", "unsupported", "empty", "non_finite", "silent", "too_short", "too_long")
+    REASONS = (
+        "missing",
+        "undecodable",
+        "unsupported",
+        "empty",
+        "non_finite",
+        "out_of_range",
+        "silent",
+        "too_short",
+        "too_long",
+    )
 
     def __init__(self, message: str, reason: str):
         if reason not in self.REASONS:
@@ -51,6 +61,12 @@ class InvalidAudioError(ValueError):
 
     def __reduce__(self):  # pickles with its reason (errors cross process boundaries in data loaders)
         return type(self), (str(self), self.reason)
+
+
+MAX_CHANNELS = 8  # a 2-D array with more on both sides is not one multi-channel clip (several clips stacked?)
+# float samples are expected in [-1, 1]; far beyond it they are integer PCM stored as floats, which Whisper's log-mel
+# features cannot read
+MAX_FLOAT_PEAK = 100.0
 
 
 def to_mono_float32(samples: np.ndarray, name: str = "audio") -> np.ndarray:
@@ -63,6 +79,12 @@ def to_mono_float32(samples: np.ndarray, name: str = "audio") -> np.ndarray:
     elif samples.dtype.kind != "f":
         raise InvalidAudioError(f"{name}: expected numeric samples, got dtype {samples.dtype}", "unsupported")
     if samples.ndim == 2:
+        if min(samples.shape) > MAX_CHANNELS:
+            raise InvalidAudioError(
+                f"{name}: a 2-D array is one clip of (samples, channels) or (channels, samples) with at most "
+                f"{MAX_CHANNELS} channels, got shape {samples.shape}; pass several clips as a list",
+                "unsupported",
+            )
         channel_axis = 0 if samples.shape[0] < samples.shape[1] else 1
         samples = samples.mean(axis=channel_axis)
     elif samples.ndim != 1:
@@ -85,7 +107,9 @@ def audio_file(source: str | Path | bytes):
     missing file, or a decoding error while it is open, is an `InvalidAudioError` that names the source."""
     name = f"file {str(source)!r}" if not isinstance(source, bytes) else "audio bytes"
     if not isinstance(source, bytes) and not Path(source).is_file():
-        raise InvalidAudioError(f"{name}: no such file", "missing")
+        raise InvalidAudioError(
+            f"{name}: {'a folder, not a file' if Path(source).is_dir() else 'no such file'}", "missing"
+        )
 
     def undecodable(error: Exception) -> InvalidAudioError:
         return InvalidAudioError(f"{name}: could not decode audio ({error})", "undecodable")
@@ -117,6 +141,10 @@ def load_audio(source, sampling_rate: int | None = None, name: str = "audio") ->
         rate = source.get("sampling_rate", sampling_rate)
         for key in ("array", "raw", "bytes", "path"):
             if source.get(key) is not None:
+                if key in ("array", "raw") and rate is None:
+                    raise InvalidAudioError(
+                        f"{name}: a dict with {key!r} samples needs their 'sampling_rate'", "unsupported"
+                    )
                 return load_audio(source[key], rate, name)
         raise InvalidAudioError(
             f"{name}: dict input needs an 'array', 'raw', 'bytes' or 'path' entry, got {list(source)}", "unsupported"
@@ -124,8 +152,13 @@ def load_audio(source, sampling_rate: int | None = None, name: str = "audio") ->
     if isinstance(source, (str, Path, bytes)):
         samples, rate = read_audio_file(source)
     elif isinstance(source, (np.ndarray, torch.Tensor, list)):
-        samples = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
-        rate = sampling_rate or SAMPLING_RATE
+        if isinstance(source, torch.Tensor):  # bfloat16 has no numpy dtype
+            source = source.detach().cpu()
+            source = source.float() if source.is_floating_point() else source
+        samples = np.asarray(source)
+        rate = SAMPLING_RATE if sampling_rate is None else sampling_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) or not rate > 0:
+            raise InvalidAudioError(f"{name}: sampling_rate must be a positive number, got {rate!r}", "unsupported")
     else:
         raise InvalidAudioError(
             f"{name}: unsupported input type {type(source).__name__}; pass a file path, bytes, numpy array, "
@@ -136,8 +169,9 @@ def load_audio(source, sampling_rate: int | None = None, name: str = "audio") ->
 
 
 def checked_blocks(blocks, name: str = "audio"):
-    """Passes 16 kHz blocks of one recording through, raising `InvalidAudioError` for NaN or Inf samples as soon as
-    a block holds one (at its position in the whole recording), and for an empty or silent recording at its end.
+    """Passes 16 kHz blocks of one recording through, raising `InvalidAudioError` for NaN, Inf or far out-of-range
+    samples as soon as a block holds one (at its position in the whole recording), and for an empty, too short or
+    silent recording at its end.
 
     Works on a stream, so a long file is checked without holding it whole.
     """
@@ -147,11 +181,22 @@ def checked_blocks(blocks, name: str = "audio"):
         if bad.size:
             position = (total + int(bad[0])) / SAMPLING_RATE
             raise InvalidAudioError(f"{name} contains NaN or Inf samples (first at {position:.2f} s)", "non_finite")
-        audible = audible or bool(block.any())
+        peak = float(np.abs(block).max(initial=0.0))
+        if peak > MAX_FLOAT_PEAK:
+            raise InvalidAudioError(
+                f"{name} has samples up to {peak:.0f}, expected float samples in [-1, 1] (integer PCM stored as "
+                "floats? divide by 32768)",
+                "out_of_range",
+            )
+        audible = audible or peak > 0
         total += block.size
         yield block
     if total == 0:
         raise InvalidAudioError(f"{name} is empty", "empty")
+    if total < HOP_LENGTH:
+        raise InvalidAudioError(
+            f"{name} is too short: {total} samples, at least {HOP_LENGTH} (10 ms) needed", "too_short"
+        )
     if not audible:
         raise InvalidAudioError(f"{name} is silent (all samples are zero)", "silent")
 
@@ -160,10 +205,6 @@ def check_audio(samples: np.ndarray, name: str = "audio", max_seconds: float | N
     """Raises `InvalidAudioError` for a clip that cannot be transcribed."""
     for _ in checked_blocks([samples], name):
         pass
-    if samples.size < HOP_LENGTH:
-        raise InvalidAudioError(
-            f"{name} is too short: {samples.size} samples, at least {HOP_LENGTH} (10 ms) needed", "too_short"
-        )
     if max_seconds is not None and samples.size > max_seconds * SAMPLING_RATE:
         raise InvalidAudioError(
             f"{name} is {samples.size / SAMPLING_RATE:.1f} s long, the limit is {max_seconds:g} s", "too_long"

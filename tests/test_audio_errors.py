@@ -28,6 +28,7 @@ def nan_at(seconds: float, position: float) -> np.ndarray:
         (np.array(["a", "b"]), "unsupported", "expected numeric samples"),
         (np.zeros((2, 2, 2), dtype=np.float32), "unsupported", "expected 1-D"),
         ("missing.wav", "missing", "no such file"),
+        ({"array": noise(0.5)}, "unsupported", "needs their 'sampling_rate'"),
         (b"definitely not audio", "undecodable", "could not decode audio"),
     ],
 )
@@ -39,6 +40,13 @@ def test_loading_errors_carry_their_reason(tmp_path, source, reason, message):
     assert error.value.reason == reason
 
 
+@pytest.mark.parametrize("rate", [0, -8000, "16k", True])
+def test_a_sampling_rate_that_is_not_a_positive_number_is_refused(rate):
+    with pytest.raises(InvalidAudioError, match="sampling_rate must be a positive number") as error:
+        load_audio(noise(0.5), sampling_rate=rate)
+    assert error.value.reason == "unsupported"
+
+
 @pytest.mark.parametrize(
     ("samples", "reason", "message"),
     [
@@ -47,6 +55,7 @@ def test_loading_errors_carry_their_reason(tmp_path, source, reason, message):
         (nan_at(2.0, 1.5), "non_finite", r"clip contains NaN or Inf samples \(first at 1.50 s\)"),
         (noise(0.005), "too_short", "clip is too short: 80 samples"),
         (noise(2.0), "too_long", "clip is 2.0 s long, the limit is 1 s"),
+        (noise(0.5) * 1000, "out_of_range", r"clip has samples up to \d+, expected float samples in \[-1, 1\]"),
     ],
 )
 def test_check_errors_carry_their_reason(samples, reason, message):
@@ -93,7 +102,7 @@ def test_pipeline_names_the_nan_position_in_a_long_file(tiny_random, tmp_path):
     model, processor = tiny_random
     path = tmp_path / "long.wav"
     sf.write(path, nan_at(65.0, 47.5), 16_000, subtype="FLOAT")
-    with pytest.raises(InvalidAudioError, match=r"audio contains NaN or Inf samples \(first at 47.50 s\)"):
+    with pytest.raises(InvalidAudioError, match=r"file '.*long.wav' contains NaN or Inf samples \(first at 47.50 s\)"):
         ASRPipeline(model=model, processor=processor)(str(path))
 
 

@@ -66,8 +66,9 @@ def test_config_and_processor_reject_a_prompt_without_placeholder_alike(tiny_ran
 
 
 def test_chunk_length_is_checked_and_the_tiny_presets_match_their_corpus():
-    with pytest.raises(ValueError, match=r"chunk_length_s must lie in \(0, 30\] seconds, got 45"):
-        ASRConfig(chunk_length_s=45)
+    for bad in (45, 0.5):
+        with pytest.raises(ValueError, match=rf"chunk_length_s must lie in \[1, 30\] seconds, got {bad}"):
+            ASRConfig(chunk_length_s=bad)
     assert ASRConfig().chunk_length_s == 30
     assert PRESETS["tiny"]["chunk_length_s"] == PRESETS["tiny-base"]["chunk_length_s"] == 8
     assert PRESETS["tiny-base-tokens"]["chunk_length_s"] == 15

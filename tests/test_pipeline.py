@@ -119,11 +119,35 @@ def test_files_are_streamed_in_bounded_blocks(tmp_path):
         (np.zeros((2, 2, 2), dtype=np.float32), "expected 1-D"),
         (b"", "audio input is empty"),
         (b"definitely not audio", "could not decode audio"),
+        (None, "audio input is None"),
+        (noise(0.0003), "too short: 5 samples"),
+        ({"array": noise(1.0)}, "needs their 'sampling_rate'"),
+        ({"array": noise(1.0), "sampling_rate": None}, "needs their 'sampling_rate'"),
+        ({"array": noise(1.0), "sampling_rate": -8000}, "sampling_rate must be a positive number, got -8000"),
+        (np.stack([noise(1.0)] * 12), r"at most 8 channels, got shape \(12, 16000\)"),
+        (noise(1.0) * 32767, r"expected float samples in \[-1, 1\]"),
     ],
 )
 def test_bad_input_gets_a_clear_error(asr, bad_input, message):
     with pytest.raises(ValueError, match=message):
         asr(bad_input)
+
+
+def test_input_kinds_that_are_not_errors(asr):
+    clip = noise(1.0)
+    expected = asr(clip, max_new_tokens=3)
+    assert (
+        asr(torch.from_numpy(clip).bfloat16(), max_new_tokens=3)["text"]
+        == asr(torch.from_numpy(clip).bfloat16().float().numpy(), max_new_tokens=3)["text"]
+    )
+    assert asr(np.stack([clip, clip], axis=1), max_new_tokens=3) == expected  # (samples, channels)
+    assert asr([]) == []
+
+
+@pytest.mark.parametrize("chunk_length_s", [0, 0.1, -1, 60])
+def test_a_chunk_length_outside_one_to_thirty_seconds_is_a_clear_error(asr, chunk_length_s):
+    with pytest.raises(ValueError, match=rf"chunk_length_s must lie in \[1, 30\] seconds, got {chunk_length_s}"):
+        asr(noise(1.0), chunk_length_s=chunk_length_s)
 
 
 def test_bad_files_get_a_clear_error(asr, tmp_path):
@@ -133,6 +157,8 @@ def test_bad_files_get_a_clear_error(asr, tmp_path):
         asr(str(text_file))
     with pytest.raises(ValueError, match=r"missing.wav.*no such file"):
         asr(str(tmp_path / "missing.wav"))
+    with pytest.raises(ValueError, match="a folder, not a file"):
+        asr(str(tmp_path))
     truncated = io.BytesIO()
     sf.write(truncated, noise(1.0), 16_000, format="WAV")
     (tmp_path / "truncated.wav").write_bytes(truncated.getvalue()[:30])

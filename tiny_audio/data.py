@@ -134,6 +134,7 @@ SKIP_REASONS = {
     "silent": "empty_audio",
     "too_short": "empty_audio",
     "non_finite": "non_finite",
+    "out_of_range": "undecodable",
     "too_long": "too_long",
 }
 
