@@ -20,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 import soundfile as sf
 import torch
-from transformers import TextIteratorStreamer, pipeline
+from transformers import pipeline
 
 HERE = Path(__file__).resolve().parent
 DEMO_MODEL = HERE / "outputs" / "demo"
@@ -65,20 +65,6 @@ def audio_seconds(path: str) -> float | None:
     return info.frames / info.samplerate if info.samplerate else None
 
 
-class TranscriptStreamer(TextIteratorStreamer):
-    """One text stream over all `generate` calls of a request (the pipeline runs one per audio piece).
-
-    A plain `TextIteratorStreamer` stops iterating at the end of the first piece; this one separates pieces with a
-    space and stops only at `close()`.
-    """
-
-    def on_finalized_text(self, text: str, stream_end: bool = False):
-        self.text_queue.put(text + " " if stream_end else text, timeout=self.timeout)
-
-    def close(self):
-        self.text_queue.put(self.stop_signal, timeout=self.timeout)
-
-
 def load_pipeline(model: str):
     device = 0 if torch.cuda.is_available() else -1
     return pipeline("automatic-speech-recognition", model=model, trust_remote_code=True, device=device)
@@ -97,7 +83,7 @@ def make_transcriber(pipe, max_seconds: float):
         status = f"Transcribing {seconds:.1f} s of audio…" if seconds else "Transcribing…"
         yield "", [], status
 
-        streamer = TranscriptStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = pipe.transcript_streamer()  # the pipeline closes it when the call ends, error or not
         outcome = {}
 
         def work():
@@ -106,8 +92,6 @@ def make_transcriber(pipe, max_seconds: float):
                     outcome["result"] = pipe(audio_path, return_timestamps=True, streamer=streamer)
             except Exception as error:  # noqa: BLE001 - re-raised in the request below
                 outcome["error"] = error
-            finally:
-                streamer.close()
 
         start = time.perf_counter()
         thread = threading.Thread(target=work, daemon=True)

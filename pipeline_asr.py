@@ -6,7 +6,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 from transformers.pipelines.base import ChunkPipeline
 
 try:
@@ -90,6 +90,18 @@ def approximate_seconds(inputs, sampling_rate: int | None = None) -> float:
     return max(shape, default=0) / (sampling_rate or SAMPLING_RATE) if shape is not None else 0.0
 
 
+class TranscriptStreamer(TextIteratorStreamer):
+    """The text of one pipeline call as it is written, over all its pieces: the pipeline runs one `generate` per piece
+    of long audio, and a plain `TextIteratorStreamer` stops iterating at the end of the first. This one separates
+    pieces with a space, and the pipeline closes it when the call ends (`ASRPipeline.transcript_streamer`)."""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        self.text_queue.put(text + " " if stream_end else text, timeout=self.timeout)
+
+    def close(self):
+        self.text_queue.put(self.stop_signal, timeout=self.timeout)
+
+
 class LoopGuard(StoppingCriteria):
     """Ends a row as soon as its new tokens end in a loop, the same n-gram repeated back to back, and `trim` keeps one
     copy of it. A confused model otherwise repeats a phrase until the duration cap ("the best of the best of ...").
@@ -165,17 +177,27 @@ class ASRPipeline(ChunkPipeline):
         self.feature_extractor = None
 
     def __call__(self, inputs=None, *args, **kwargs):
-        if isinstance(inputs, list) and not inputs:
-            return []
-        if not isinstance(inputs, list) or len(inputs) < 2:
-            return super().__call__(inputs, *args, **kwargs)
-        rate = kwargs.get("sampling_rate")
-        order = sorted(range(len(inputs)), key=lambda index: -approximate_seconds(inputs[index], rate))
-        outputs = super().__call__([inputs[index] for index in order], *args, **kwargs)
-        results = [None] * len(inputs)
-        for index, output in zip(order, outputs):
-            results[index] = output
-        return results
+        streamer = kwargs.get("streamer")
+        try:
+            if isinstance(inputs, list) and not inputs:
+                return []
+            if not isinstance(inputs, list) or len(inputs) < 2:
+                return super().__call__(inputs, *args, **kwargs)
+            rate = kwargs.get("sampling_rate")
+            order = sorted(range(len(inputs)), key=lambda index: -approximate_seconds(inputs[index], rate))
+            outputs = super().__call__([inputs[index] for index in order], *args, **kwargs)
+            results = [None] * len(inputs)
+            for index, output in zip(order, outputs):
+                results[index] = output
+            return results
+        finally:
+            if isinstance(streamer, TranscriptStreamer):
+                streamer.close()
+
+    def transcript_streamer(self, timeout: float | None = None) -> TranscriptStreamer:
+        """A streamer to pass as `streamer=` and iterate from another thread: the transcript's text as it is written,
+        all pieces of long audio included; it ends when the call does."""
+        return TranscriptStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
 
     def _sanitize_parameters(
         self,
@@ -264,4 +286,11 @@ class ASRPipeline(ChunkPipeline):
         return result
 
 
-__all__ = ["ASRPipeline", "LoopGuard", "approximate_seconds", "file_blocks", "split_at_quiet_points"]
+__all__ = [
+    "ASRPipeline",
+    "LoopGuard",
+    "TranscriptStreamer",
+    "approximate_seconds",
+    "file_blocks",
+    "split_at_quiet_points",
+]

@@ -127,8 +127,8 @@ def test_bad_input_is_an_error_message_and_the_server_keeps_serving(client, clip
 
     expected = {
         "bad.wav": r"file 'bad\.wav': could not decode audio",  # the upload's own name, not a server path
-        "silent.wav": r"audio is silent",
-        "empty.wav": r"audio is empty",
+        "silent.wav": r"file 'silent\.wav' is silent",
+        "empty.wav": r"file 'empty\.wav' is empty",
         "too_long.wav": rf"\d+\.\d s long; this demo accepts at most {MAX_SECONDS} s",
     }
     for name, message in expected.items():

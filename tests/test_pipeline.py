@@ -2,6 +2,7 @@
 
 import io
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -142,6 +143,25 @@ def test_input_kinds_that_are_not_errors(asr):
     )
     assert asr(np.stack([clip, clip], axis=1), max_new_tokens=3) == expected  # (samples, channels)
     assert asr([]) == []
+
+
+def test_a_transcript_streamer_streams_every_piece_and_ends_with_the_call(asr):
+    streamer = asr.transcript_streamer(timeout=60)
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(
+            asr(noise(20.0, seed=3), chunk_length_s=8, max_new_tokens=4, streamer=streamer, return_timestamps=True)
+        )
+    )
+    worker.start()
+    streamed = "".join(streamer)  # ends when the call does, not after the first of its three pieces
+    worker.join()
+    assert len(result["chunks"]) == 3 and all(chunk["text"] for chunk in result["chunks"])
+    assert streamed.split() == result["text"].split() and result["chunks"][-1]["text"] in streamed
+    failing = asr.transcript_streamer(timeout=60)
+    with pytest.raises(ValueError, match="silent"):
+        asr(np.zeros(16_000, dtype=np.float32), streamer=failing)
+    assert list(failing) == []  # closed by the failed call: a reader never waits for text that will not come
 
 
 @pytest.mark.parametrize("chunk_length_s", [0, 0.1, -1, 60])
