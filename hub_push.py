@@ -34,6 +34,9 @@ from transformers.dynamic_module_utils import get_relative_import_files
 RUN_RECORD = "training_run.json"
 TRAINER_STATE = "trainer_state.json"
 RESULTS_FILES = ("eval_results.json", "all_results.json", RUN_RECORD)  # the run record keeps them under "results"
+SCORES_FILE = (
+    "demo_results.json"  # `tiny_audio.demo`'s scores of a final model: synthetic test, real speech, non-speech
+)
 PROJECT_PACKAGE = "tiny_audio"  # installed by `pip install -e .`; shipped code must never need it
 PROCESSOR_FILES = (
     "processor_config.json",
@@ -90,6 +93,7 @@ class Checkpoint:
     run_record: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)  # eval_* metrics of these weights
     results_source: str | None = None
+    scores: dict = field(default_factory=dict)  # `SCORES_FILE` of a final model folder
     notes: list[str] = field(default_factory=list)  # what was left out or taken from elsewhere, for the user
 
     @classmethod
@@ -106,6 +110,8 @@ class Checkpoint:
         places = [folder] if match is None else [folder, folder.parent]  # then the checkpoint's output dir
         checkpoint.run_record = next(filter(None, (_read_json(place / RUN_RECORD) for place in places)), {})
         checkpoint._find_results()
+        if match is None:
+            checkpoint.scores = _read_json(folder / SCORES_FILE) or {}
         return checkpoint
 
     def _find_results(self) -> None:
@@ -232,6 +238,14 @@ def _table(header: tuple[str, ...], *rows: tuple) -> list[str]:
     ]
 
 
+def _metric_table(metrics: dict) -> list[str]:
+    """A metric / value table of the scalar entries (a breakdown by condition stays in its file); floats to 4
+    significant digits."""
+    scalars = {key: value for key, value in metrics.items() if isinstance(value, (int, float, str))}
+    rows = ((key, f"{value:.4g}" if isinstance(value, float) else value) for key, value in scalars.items())
+    return _table(("metric", "value"), *rows)
+
+
 def _base_model(config: dict, part: str, keys: tuple[str, ...]) -> str:
     """The audio or text base model: its Hub id or the seed of its random weights, then its shape."""
     model_id, revision, seed = (
@@ -313,7 +327,7 @@ class _CardWriter:
                 f"on the language model, rank {config['lora_rank']}, alpha {config.get('lora_alpha')}, modules "
                 f"{', '.join(config.get('lora_target_modules') or [])}"
             ),
-            "Trainable parameters": record.get("trainable_parameters") and f"{record['trainable_parameters']:,}",
+            "Trained parameters": record.get("trained_parameters") and f"{record['trained_parameters']:,}",
             "Weights in this repo": config.get("trained_weights_only")
             and (
                 "only the trained ones; on loading, each base model is downloaded from its Hub id (network or a local "
@@ -350,17 +364,25 @@ class _CardWriter:
         return lines
 
     def results_section(self) -> list[str]:
-        if not self.results:
+        scores = self.checkpoint.scores
+        if not (self.results or scores):
             return ["## Results", "", "No evaluation results came with this checkpoint."]
-        where = f" on {self.eval_label}" + (f" ({self.split} split)" if self.split else "") if self.eval_label else ""
-        rows = ((key, f"{value:.4g}" if isinstance(value, float) else value) for key, value in self.results.items())
-        return [
-            "## Results",
-            "",
-            f"Measured{where} by the training run, from `{self.checkpoint.results_source}`:",
-            "",
-            *_table(("metric", "value"), *rows),
-        ]
+        lines = ["## Results"]
+        if self.results:
+            where = (
+                f" on {self.eval_label}" + (f" ({self.split} split)" if self.split else "") if self.eval_label else ""
+            )
+            source = self.checkpoint.results_source
+            lines += ["", f"Measured{where} by the training run, from `{source}`:", "", *_metric_table(self.results)]
+        if scores:
+            lines += [
+                "",
+                f"Scored after training by `python -m tiny_audio.demo` (synthetic test split, real recordings, "
+                f"non-speech clips), from `{SCORES_FILE}`:",
+                "",
+                *_metric_table(scores),
+            ]
+        return lines
 
     def usage(self) -> list[str]:
         return [
@@ -403,11 +425,18 @@ def render_model_card(
 ) -> ModelCard:
     """The README.md; every field comes from the checkpoint's files, and one without a source is left out."""
     card = _CardWriter(checkpoint, repo_id)
-    intro = (
-        "A speech recognition model built with Tiny Audio: a Whisper audio encoder feeds a trained projector, whose "
-        "output embeddings take the place of audio placeholder tokens in the prompt of a decoder-only language model "
-        "that writes the transcript."
-    )
+    if checkpoint.config.get("projector_output") == "ctc_tokens":
+        handover = (
+            "whose CTC readout reads the audio as the language model's own tokens; a decoder-only language model "
+            "gets the embeddings of that reading in place of the audio placeholder tokens of its prompt and writes "
+            "the transcript"
+        )
+    else:
+        handover = (
+            "whose output embeddings take the place of audio placeholder tokens in the prompt of a decoder-only "
+            "language model that writes the transcript"
+        )
+    intro = f"A speech recognition model built with Tiny Audio: a Whisper audio encoder feeds a trained projector, {handover}."
     sections = [[f"# {card.title}"], [intro], card.architecture(), card.training(), card.results_section()]
     sections += [card.usage(), card.limitations()]
     body = "\n\n".join("\n".join(section) for section in sections)  # sections apart by a blank line

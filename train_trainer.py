@@ -430,8 +430,10 @@ def load_split(
     return dataset, counter
 
 
-def trainable_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def trained_parameters(model: ASRModel) -> int:
+    """The parameters this project trains on top of the frozen bases, in whichever stage (projector with its
+    readout, LoRA, trained encoder layers): the weights a checkpoint saves."""
+    return sum(p.numel() for name, p in model.named_parameters() if model.is_trained_weight(name))
 
 
 def hub_repo_to_push(training_args: TrainingArguments) -> str | None:
@@ -540,7 +542,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(
             "a model whose LLM reads CTC tokens (ctc_tokens) trains only LoRA in the LLM stage: set --lora_rank"
         )
-    logger.info(f"trainable parameters: {trainable_parameters(model):,}")
+    logger.info(f"trained parameters: {trained_parameters(model):,}")
     train_data, train_counter, eval_data = load_data(data_args, training_args)
     wer_examples = list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None
     train_data, encoder_cache = prepare_train_data(
@@ -616,7 +618,7 @@ def write_run_record(
             "audio": {"id": config.audio_model_id, "revision": config.audio_model_revision},
             "text": {"id": config.text_model_id, "revision": config.text_model_revision},
         },
-        "trainable_parameters": trainable_parameters(model),
+        "trained_parameters": trained_parameters(model),
         "stages": stages,
         "data": {
             "train": {

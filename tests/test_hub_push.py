@@ -52,7 +52,7 @@ RUN_RECORD = {
     "preset": "tiny",
     "command": "python train_trainer.py --preset tiny",
     "base_models": {"audio": {"id": None, "revision": None}, "text": {"id": None, "revision": None}},
-    "trainable_parameters": 33088,
+    "trained_parameters": 33088,
     "stages": [
         {"stage": "ctc_warmup", "steps": 10, "final_loss": 3.5, "loss": [{"ctc_step": 10, "ctc_loss": 3.5}]},
         {"stage": "llm", "steps": 40, "lora_rank": 0},
@@ -295,7 +295,27 @@ def test_card_from_config_and_run_record_fields():
     assert "/home/someone" not in card and "speech_corpus + openslr/librispeech_asr" in card
     assert "revision `abc123`" in card and "LoRA adapters" in card and "rank 8" in card
     assert "downloaded from its Hub id" in card
-    assert "Trainable parameters" not in card  # the run record does not say
+    assert "Trained parameters" not in card  # the run record does not say
+
+
+def test_card_of_a_demo_model_reports_its_scores_and_how_its_llm_reads_the_audio(tmp_path):
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    config = {"projector_output": "ctc_tokens", "audio_config": {"model_type": "whisper"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    scores = {
+        "test_wer": 0.3679,
+        "real_speech_wer": 0.3413,
+        "real_speech_samples": 45,
+        "test_wer_by_condition": {"engine espeak": {"clips": 40, "wer": 0.64}},
+    }
+    (folder / "demo_results.json").write_text(json.dumps(scores))
+    card = str(hub_push.render_model_card(hub_push.Checkpoint.read(folder)))
+    assert "CTC readout reads the audio as the language model's own tokens" in card
+    assert "take the place of audio placeholder tokens" not in card
+    assert "from `demo_results.json`" in card and "| real_speech_wer | 0.3413 |" in card
+    assert "| real_speech_samples | 45 |" in card and "No evaluation results" not in card
+    assert "test_wer_by_condition" not in card  # a breakdown stays in its file
 
 
 def test_card_leaves_out_what_has_no_source(model_dir, tmp_path):
@@ -308,7 +328,7 @@ def test_card_leaves_out_what_has_no_source(model_dir, tmp_path):
     # no base_model, datasets or model-index: nothing names them
     assert set(meta) == {"license", "language", "library_name", "pipeline_tag", "tags"}
     body = (tmp_path / "out" / "README.md").read_text()
-    assert "Trainable parameters" not in body and "Hyperparameters" not in body
+    assert "Trained parameters" not in body and "Hyperparameters" not in body
     assert "No evaluation results came with this checkpoint." in body
     assert sorted(assembly.files) == sorted(MODEL_FILES)
 

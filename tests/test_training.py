@@ -262,6 +262,9 @@ def test_ctc_warmup_then_lora_stage_from_an_earlier_checkpoint(tmp_path):
     for name, value in weights1.items():
         assert torch.equal(weights2[name], value), f"{name} changed although the projector was frozen"
     assert json.loads((stage2 / "config.json").read_text())["lora_rank"] == 4
+    # the frozen projector counts too: trained by the first stage, saved with the adapters
+    trained = json.loads((stage2 / "training_run.json").read_text())["trained_parameters"]
+    assert trained == sum(value.numel() for value in weights2.values())
 
 
 def test_frozen_projector_is_trained_by_stage_0_and_left_alone_by_the_llm_stage(tmp_path):
