@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from argparse import RawDescriptionHelpFormatter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from tiny_audio.data import (
 )
 from tiny_audio.evaluation import evaluate_model, word_error_rate
 from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parameters
+from tiny_audio.presets import PRESETS as MODEL_BUILDS
 from tiny_audio.presets import build
 
 logger = logging.getLogger("train_trainer")
@@ -123,7 +125,8 @@ class ModelArguments:
         default="tiny",
         metadata={
             "help": "model build: reference, tiny (Whisper tiny.en), tiny-base (Whisper base), tiny-base-tokens (Whisper "
-            "base, the LLM reads stage 0's CTC tokens) or tiny-random"
+            "base, the LLM reads stage 0's CTC tokens) or tiny-random",
+            "choices": sorted(MODEL_BUILDS),
         },
     )
     init_from: str | None = field(default=None, metadata={"help": "start from the weights of an earlier checkpoint"})
@@ -335,8 +338,13 @@ class ASRTrainer(Trainer):
 def parse_args(argv: list[str]):
     """(model, recipe, data, training arguments, preset name): preset defaults < config file < command line."""
     argument_classes = (ModelArguments, RecipeArguments, DataArguments, TrainingArguments)
-    parser = HfArgumentParser(argument_classes)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    parser = HfArgumentParser(argument_classes, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a recipe's defaults (the flags above show the bare ones)",
+    )
     parser.add_argument("--config", default=None, help="yaml or json file of flag values")
     known, _ = parser.parse_known_args(argv)
     defaults = {**COMMON_DEFAULTS, **PRESETS.get(known.preset, {})}

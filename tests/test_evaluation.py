@@ -178,7 +178,7 @@ def test_the_condition_breakdown_scores_each_engine_voice_and_augmentation_apart
         clip_conditions(corpus / "test", "test")
 
 
-def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest_folder, tmp_path, monkeypatch):
+def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluation, "non_speech_clips", lambda: synthetic_non_speech_clips(seconds=1.0))
     folder = tmp_path / "speech"
     folder.mkdir()
@@ -210,10 +210,17 @@ def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest
         evaluation.main(["--model", str(model_dir)])  # neither --manifest nor --dataset_name
     with pytest.raises(SystemExit):
         evaluation.main(args + ["--by_condition"])  # conditions come from a speech_corpus folder, not a manifest
-    with pytest.raises(FileNotFoundError, match="no corpus.json"):  # before any clip is scored
+    with pytest.raises(SystemExit):  # before any clip is scored, with the problem and no traceback
         evaluation.main(
             ["--model", str(model_dir), "--dataset_name", str(corpus), "--split", "train", "--by_condition"]
         )
+    assert "no corpus.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluation.main(["--model", str(model_dir), "--manifest", str(tmp_path / "nowhere")])
+    assert "no manifest.jsonl" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluation.main(["--model", str(tmp_path / "no_model"), "--manifest", str(folder)])
+    assert "no such model folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

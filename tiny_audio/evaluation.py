@@ -246,6 +246,16 @@ def score_non_speech(asr, clips: dict[str, np.ndarray], batch_size: int = 8, **c
     }
 
 
+def read_examples(args) -> list[dict]:
+    """The clips and transcripts to score: a manifest folder, or a dataset split."""
+    if args.manifest:
+        return read_manifest(args.manifest)
+    dataset = open_dataset(
+        args.dataset_name, args.dataset_config_name, args.split, args.audio_column_name, args.text_column_name, False
+    )
+    return list(scan(dataset, SkipCounter(f"{args.dataset_name}:{args.split}", 1.0), 30.0, args.max_samples))
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder or Hub id")
@@ -277,21 +287,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.by_condition and not (args.dataset_name and Path(args.dataset_name).is_dir()):
         parser.error("--by_condition needs --dataset_name to be a local speech_corpus folder")
-    # read before scoring, so that a folder without the corpus's records fails at once
-    conditions = clip_conditions(args.dataset_name, args.split) if args.by_condition else None
-
-    if args.manifest:
-        examples = read_manifest(args.manifest)
-    else:
-        dataset = open_dataset(
-            args.dataset_name,
-            args.dataset_config_name,
-            args.split,
-            args.audio_column_name,
-            args.text_column_name,
-            False,
-        )
-        examples = list(scan(dataset, SkipCounter(f"{args.dataset_name}:{args.split}", 1.0), 30.0, args.max_samples))
+    if args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().is_dir():
+        parser.error(f"--model {args.model}: no such model folder")
+    try:  # the data first, so that a wrong folder fails at once, with its message and without a traceback
+        conditions = clip_conditions(args.dataset_name, args.split) if args.by_condition else None
+        examples = read_examples(args)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
     if args.whisper:
         asr, call_kwargs = WhisperTranscriber(args.model), {}
     else:
