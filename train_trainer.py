@@ -315,14 +315,25 @@ class ASRTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
-        encoder = [p for p in trained_encoder_parameters(self.model) if p.requires_grad]
+        """The Trainer's optimizer (no weight decay on biases and norms), with trained encoder layers in groups of
+        their own at `encoder_learning_rate_scale` times the learning rate."""
+        encoder = {id(p) for p in trained_encoder_parameters(self.model) if p.requires_grad}
         if self.optimizer is None and encoder:
-            encoder_ids = {id(p) for p in encoder}
-            others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+            decays = set(self.get_decay_parameter_names(self.model))
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-            kwargs["weight_decay"] = self.args.weight_decay
-            encoder_group = {"params": encoder, "lr": kwargs["lr"] * self.encoder_learning_rate_scale}
-            self.optimizer = optimizer_cls([{"params": others}, encoder_group], **kwargs)
+            groups = []
+            for in_encoder in (False, True):
+                for decayed in (True, False):
+                    params = [
+                        p
+                        for name, p in self.model.named_parameters()
+                        if p.requires_grad and (id(p) in encoder) == in_encoder and (name in decays) == decayed
+                    ]
+                    group = {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0}
+                    if in_encoder:
+                        group["lr"] = kwargs["lr"] * self.encoder_learning_rate_scale
+                    groups.append(group)
+            self.optimizer = optimizer_cls([group for group in groups if group["params"]], **kwargs)
         return super().create_optimizer(model)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:

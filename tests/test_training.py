@@ -313,13 +313,17 @@ def test_trained_encoder_layers_get_a_scaled_learning_rate_in_both_stages(tmp_pa
     dataset = scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0)
     encoder = {id(p) for module in model.audio_encoder.trained_modules() for p in module.parameters()}
     warmup = CTCWarmup(model, processor, dataset, learning_rate=1e-3, encoder_lr_scale=0.1)
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, report_to=[])
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[])
     trainer = ASRTrainer(model=model, args=args, processing_class=processor, encoder_learning_rate_scale=0.1)
     for optimizer in (warmup.optimizer, trainer.create_optimizer()):
         rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
         assert {rates[i] for i in encoder} == {1e-4}
         assert rates[id(model.projector.linear1.weight)] == 1e-3
         assert sum(len(group["params"]) for group in optimizer.param_groups) == len(rates)
+    decay = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    top = model.audio_encoder.layers[-1]
+    assert decay[id(top.fc1.weight)] == decay[id(model.projector.linear1.weight)] == 0.1
+    assert decay[id(top.fc1.bias)] == decay[id(model.audio_encoder.layer_norm.weight)] == 0.0  # as the Trainer does
 
 
 def test_ctc_auxiliary_loss_adds_the_weighted_ctc_loss_of_the_llm_batch(tmp_path):
