@@ -20,11 +20,11 @@ HOP_LENGTH = 160  # Whisper's mel hop: 100 feature frames per second
 MAX_FEATURE_FRAMES = 3000  # Whisper's position table covers 30 s
 MAX_CHUNK_SECONDS = MAX_FEATURE_FRAMES * HOP_LENGTH / SAMPLING_RATE
 MIN_CHUNK_SECONDS = 1.0  # shorter pieces cut words apart (and a piece needs room for a quiet point to cut at)
+DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")  # the LLM's attention queries and values
 # Loop guard defaults: an n-gram of up to LOOP_MAX_PERIOD tokens counts as a loop once it repeats LOOP_MIN_REPEATS
 # times in a row and the copies span at least LOOP_MIN_TOKENS tokens, so "very very" or "no no no" stay, and "the best
 # of the best of the best" stops. A period as long as a sentence also stops a model that copies a reading and jumps
 # back to an earlier sentence.
-DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")  # the LLM's attention queries and values
 LOOP_MAX_PERIOD = 32
 LOOP_MIN_REPEATS = 3
 LOOP_MIN_TOKENS = 8
