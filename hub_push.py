@@ -34,9 +34,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 RUN_RECORD = "training_run.json"
 TRAINER_STATE = "trainer_state.json"
 RESULTS_FILES = ("eval_results.json", "all_results.json", RUN_RECORD)  # the run record keeps them under "results"
-SCORES_FILE = (
-    "demo_results.json"  # `tiny_audio.demo`'s scores of a final model: synthetic test, real speech, non-speech
-)
+SCORES_FILE = "demo_results.json"  # `tiny_audio.demo`'s scores: synthetic test, real speech, non-speech
 PROJECT_PACKAGE = "tiny_audio"  # installed by `pip install -e .`; shipped code must never need it
 PROCESSOR_FILES = (
     "processor_config.json",
