@@ -112,7 +112,8 @@ def audio_file(source: str | Path | bytes):
         )
 
     def undecodable(error: Exception) -> InvalidAudioError:
-        return InvalidAudioError(f"{name}: could not decode audio ({error})", "undecodable")
+        reason = getattr(error, "error_string", error)  # libsndfile's own words, without its handle's repr
+        return InvalidAudioError(f"{name}: could not decode audio ({reason})", "undecodable")
 
     try:
         opened = sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source)

@@ -29,7 +29,7 @@ def nan_at(seconds: float, position: float) -> np.ndarray:
         (np.zeros((2, 2, 2), dtype=np.float32), "unsupported", "expected 1-D"),
         ("missing.wav", "missing", "no such file"),
         ({"array": noise(0.5)}, "unsupported", "needs their 'sampling_rate'"),
-        (b"definitely not audio", "undecodable", "could not decode audio"),
+        (b"definitely not audio", "undecodable", r"^audio bytes: could not decode audio \(Format not recognised\.\)$"),
     ],
 )
 def test_loading_errors_carry_their_reason(tmp_path, source, reason, message):
