@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.common import machine_info, write_results
-from configuration_asr import SAMPLING_RATE
+from configuration_asr import HOP_LENGTH, SAMPLING_RATE
 from pipeline_asr import split_at_quiet_points
 from processing_asr import load_audio
 from tiny_audio.ctc_warmup import CTCWarmup
@@ -34,10 +34,12 @@ STEPS, LEARNING_RATE = 2500, 1e-3
 
 
 def read_clip(warmup: CTCWarmup, clip, piece_seconds: float) -> str:
-    """Greedy CTC reading of a clip of any length, piece by piece."""
+    """Greedy CTC reading of a clip of any length, piece by piece; as in the pipeline, a silent or sub-frame piece
+    (the zeros that end a long clip, say) reads as nothing."""
     max_samples = int(piece_seconds * SAMPLING_RATE)
     pieces = [piece for _, piece in split_at_quiet_points([clip], max_samples, max_samples * 2 // 3)]
-    return " ".join(warmup.transcribe(pieces))
+    audible = [piece for piece in pieces if piece.any() and piece.size >= HOP_LENGTH]
+    return " ".join(warmup.transcribe(audible)) if audible else ""
 
 
 def readout_wer(warmup: CTCWarmup, examples: list[dict], piece_seconds: float) -> float:
