@@ -177,9 +177,6 @@ class ModelArguments:
 class RecipeArguments:
     ctc_warmup_steps: int = field(default=0, metadata={"help": "stage 0: projector-only CTC steps before the LLM loss"})
     ctc_learning_rate: float = 1e-3
-    ctc_warmup_share: float = field(
-        default=0.05, metadata={"help": "stage 0's learning rate ramps up over this share of its steps (0: none)"}
-    )
     encoder_learning_rate_scale: float = field(
         default=0.1,
         metadata={
@@ -523,7 +520,6 @@ def run_ctc_warmup(model, processor, train_data, encoder_cache, recipe, data_arg
         seed,
         recipe.ctc_gradient_tolerance,
         recipe.ctc_gradient_rest_share,
-        recipe.ctc_warmup_share,
     )
     stage = {"stage": "ctc_warmup", "steps": recipe.ctc_warmup_steps, "loss": warmup.train(recipe.ctc_warmup_steps)}
     if wer_examples:

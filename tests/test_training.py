@@ -3,7 +3,6 @@
 import csv
 import json
 import logging
-import math
 import subprocess
 import sys
 import textwrap
@@ -521,27 +520,12 @@ def test_stage_0_backward_is_exact_at_zero_tolerance():
     assert not torch.allclose(gradients[0.5], gradients[0.0], rtol=1e-2)
 
 
-@pytest.mark.parametrize(
-    "tolerance, rest_share, warmup_share", [(1.0, 0.1, 0.05), (-0.1, 0.1, 0.05), (1e-2, 1.5, 0.05), (1e-2, 0.1, 1.0)]
-)
-def test_stage_0_settings_out_of_range_get_a_clear_error(tolerance, rest_share, warmup_share):
+@pytest.mark.parametrize("tolerance, rest_share", [(1.0, 0.1), (-0.1, 0.1), (1e-2, 1.5)])
+def test_stage_0_backward_settings_out_of_range_get_a_clear_error(tolerance, rest_share):
     from tiny_audio.ctc_warmup import CTCWarmup
 
-    with pytest.raises(ValueError, match="gradient_tolerance and warmup_share must lie in"):
-        CTCWarmup(
-            None, None, None, gradient_tolerance=tolerance, gradient_rest_share=rest_share, warmup_share=warmup_share
-        )
-
-
-def test_stage_0_learning_rate_ramps_up_then_follows_the_cosine_to_zero():
-    from tiny_audio.ctc_warmup import warmup_cosine
-
-    factors = [warmup_cosine(step, 200, 0.05) for step in range(200)]  # a ramp over the first 10 steps
-    cosine = [0.5 * (1 + math.cos(math.pi * step / 200)) for step in range(200)]
-    assert factors[:10] == pytest.approx([(step + 1) / 10 * cosine[step] for step in range(10)])
-    assert factors[0] == pytest.approx(0.1) and all(a < b for a, b in zip(factors[:9], factors[1:10]))
-    assert factors[10:] == pytest.approx(cosine[10:]) and factors[-1] < 1e-3
-    assert [warmup_cosine(step, 200, 0.0) for step in range(200)] == pytest.approx(cosine)
+    with pytest.raises(ValueError, match="gradient_tolerance must lie in"):
+        CTCWarmup(None, None, None, gradient_tolerance=tolerance, gradient_rest_share=rest_share)
 
 
 @pytest.mark.filterwarnings("error::UserWarning")  # e.g. a norm that misses its fused kernel under autocast

@@ -42,15 +42,6 @@ def teaching_rows(grad: torch.Tensor, tolerance: float, rest_share: float) -> tu
     return torch.cat([order[:teaching], sampled]), weights
 
 
-def warmup_cosine(step: int, steps: int, warmup_share: float) -> float:
-    """Stage 0's learning-rate factor at `step` (0-based) of `steps`: a linear ramp over the first `warmup_share` of
-    the steps, on top of a cosine decay to zero over the whole run. Adam's first updates, from the moments of a few
-    gradients of a projector that reads nothing yet, are as large as the learning rate allows and throw it off;
-    the ramp keeps them small (docs/experiments.md). A share of 0 leaves the cosine alone."""
-    ramp = min(1.0, (step + 1) / max(1, round(warmup_share * steps)))
-    return ramp * 0.5 * (1 + math.cos(math.pi * step / steps))
-
-
 class TeachingFramesSimilarity(torch.autograd.Function):
     """`frames @ class_vectors_t`, whose backward goes through the frames that still teach and a sample of the others.
 
@@ -101,16 +92,14 @@ class CTCWarmup:
         seed=0,
         gradient_tolerance=1e-2,
         gradient_rest_share=0.1,
-        warmup_share=0.05,
     ):
-        if not (0 <= gradient_tolerance < 1 and 0 <= gradient_rest_share <= 1 and 0 <= warmup_share < 1):
+        if not (0 <= gradient_tolerance < 1 and 0 <= gradient_rest_share <= 1):
             raise ValueError(
-                f"gradient_tolerance and warmup_share must lie in [0, 1) and gradient_rest_share in [0, 1], got "
-                f"{gradient_tolerance}, {warmup_share} and {gradient_rest_share}"
+                f"gradient_tolerance must lie in [0, 1) and gradient_rest_share in [0, 1], got {gradient_tolerance} "
+                f"and {gradient_rest_share}"
             )
         self.model, self.processor, self.dataset, self.encoder_cache = model, processor, dataset, encoder_cache
         self.gradient_tolerance, self.gradient_rest_share = gradient_tolerance, gradient_rest_share
-        self.warmup_share = warmup_share
         tokens = [spoken_tokens(processor.tokenizer, text) for text in dataset["text"]]
         self.vocab = sorted({token for row in tokens for token in row})
         self.class_of = {token: position + 1 for position, token in enumerate(self.vocab)}
@@ -195,14 +184,14 @@ class CTCWarmup:
         return loss.item()
 
     def train(self, steps: int, log_every: int = 50, evaluate=None, evaluate_every: int = 0) -> list[dict]:
-        """Runs `steps` updates at the `warmup_cosine` learning rate; returns the logged losses, and every
+        """Runs `steps` updates with a cosine-decayed learning rate; returns the logged losses, and every
         `evaluate_every` steps what `evaluate()` returns (a dict of scores, computed with the projector in eval mode)."""
         self.model.projector.train()
         history, running = [], []
         progress = tqdm(range(steps), desc="CTC warm-up")
         for step in progress:
             for group in self.optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * warmup_cosine(step, steps, self.warmup_share)
+                group["lr"] = group["initial_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
             running.append(self.step(next(self.batches)))
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 entry = {"ctc_step": step + 1, "ctc_loss": sum(running) / len(running)}
