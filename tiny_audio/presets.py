@@ -1,4 +1,5 @@
-"""Named model builds (the `ASRConfig` settings of each): the reference build, the offline `tiny` build and the random `tiny-random` smoke build."""
+"""Named model builds, each the `ASRConfig` settings it overrides: the reference build, the offline `tiny` builds and
+the random `tiny-random` smoke build."""
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
