@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from argparse import RawDescriptionHelpFormatter
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -321,19 +322,19 @@ class ASRTrainer(Trainer):
         if self.optimizer is None and encoder:
             decays = set(self.get_decay_parameter_names(self.model))
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-            groups = []
-            for in_encoder in (False, True):
-                for decayed in (True, False):
-                    params = [
-                        p
-                        for name, p in self.model.named_parameters()
-                        if p.requires_grad and (id(p) in encoder) == in_encoder and (name in decays) == decayed
-                    ]
-                    group = {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0}
-                    if in_encoder:
-                        group["lr"] = kwargs["lr"] * self.encoder_learning_rate_scale
-                    groups.append(group)
-            self.optimizer = optimizer_cls([group for group in groups if group["params"]], **kwargs)
+            groups = defaultdict(list)  # (in the encoder, decayed) -> parameters, in one pass over the model
+            for name, p in self.model.named_parameters():
+                if p.requires_grad:
+                    groups[id(p) in encoder, name in decays].append(p)
+            encoder_lr = {"lr": kwargs["lr"] * self.encoder_learning_rate_scale}
+            self.optimizer = optimizer_cls(
+                [
+                    {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0}
+                    | (encoder_lr if in_encoder else {})
+                    for (in_encoder, decayed), params in groups.items()
+                ],
+                **kwargs,
+            )
         return super().create_optimizer(model)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
