@@ -40,8 +40,7 @@ from tiny_audio.data import (
 )
 from tiny_audio.evaluation import evaluate_model, word_error_rate
 from tiny_audio.parameter_groups import audio_parameters, trained_encoder_parameters
-from tiny_audio.presets import PRESETS as MODEL_BUILDS
-from tiny_audio.presets import build
+from tiny_audio.presets import MODEL_PRESETS, build
 
 logger = logging.getLogger("train_trainer")
 
@@ -53,7 +52,7 @@ COMMON_DEFAULTS = {
     "prediction_loss_only": True,
     "logging_first_step": True,
 }
-PRESETS = {
+TRAINING_PRESETS = {
     "tiny-random": {
         "model_preset": "tiny-random",
         "dataset_name": SYNTHETIC_TONES,
@@ -127,7 +126,7 @@ class ModelArguments:
         metadata={
             "help": "model build: reference, tiny (Whisper tiny.en), tiny-base (Whisper base), tiny-base-tokens (Whisper "
             "base, the LLM reads stage 0's CTC tokens) or tiny-random",
-            "choices": sorted(MODEL_BUILDS),
+            "choices": sorted(MODEL_PRESETS),
         },
     )
     init_from: str | None = field(default=None, metadata={"help": "start from the weights of an earlier checkpoint"})
@@ -353,13 +352,13 @@ def parse_args(argv: list[str]):
     parser = HfArgumentParser(argument_classes, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=sorted(TRAINING_PRESETS),
         default=None,
         help="a recipe's defaults (the flags above show the bare ones)",
     )
     parser.add_argument("--config", default=None, help="yaml or json file of flag values")
     known, _ = parser.parse_known_args(argv)
-    defaults = {**COMMON_DEFAULTS, **PRESETS.get(known.preset, {})}
+    defaults = {**COMMON_DEFAULTS, **TRAINING_PRESETS.get(known.preset, {})}
     if known.config:
         from_file = yaml.safe_load(Path(known.config).read_text()) or {}  # yaml is a superset of json
         # set_defaults takes any key, so a misspelt flag in the file would otherwise be dropped without a word

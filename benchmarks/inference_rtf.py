@@ -125,9 +125,9 @@ def load_tiny(device, dtype):
     import huggingface_hub
 
     from configuration_asr import mirror_root
-    from tiny_audio.presets import PRESETS, build
+    from tiny_audio.presets import MODEL_PRESETS, build
 
-    ids = [PRESETS["tiny"][key] for key in ("audio_model_id", "text_model_id")]
+    ids = [MODEL_PRESETS["tiny"][key] for key in ("audio_model_id", "text_model_id")]
     offline = huggingface_hub.constants.HF_HUB_OFFLINE
     if all((mirror_root() / model_id).is_dir() for model_id in ids):
         huggingface_hub.constants.HF_HUB_OFFLINE = True  # the local mirror is there: no minutes of Hub retries

@@ -5,7 +5,7 @@ import pytest
 from configuration_asr import PROCESSOR_SETTINGS, ASRConfig
 from modeling_asr import ASRModel
 from processing_asr import ASRProcessor
-from tiny_audio.presets import PRESETS, build
+from tiny_audio.presets import MODEL_PRESETS, build
 
 
 def test_built_config_is_complete_and_loading_the_bases_changes_nothing(tiny_random):
@@ -13,7 +13,7 @@ def test_built_config_is_complete_and_loading_the_bases_changes_nothing(tiny_ran
     config = model.config
     assert config.trained_weights_only and config.base_seed == 0
     assert config.audio_token_id == processor.audio_token_id
-    assert config.audio_config.d_model == PRESETS["tiny-random"]["audio_config"]["d_model"]
+    assert config.audio_config.d_model == MODEL_PRESETS["tiny-random"]["audio_config"]["d_model"]
     for key in PROCESSOR_SETTINGS:
         assert getattr(config, key) == getattr(processor, key), key
     before = config.to_dict()
@@ -22,7 +22,7 @@ def test_built_config_is_complete_and_loading_the_bases_changes_nothing(tiny_ran
 
 
 def test_from_base_configs_refuses_bases_that_cannot_be_rebuilt():
-    settings = PRESETS["tiny-random"]
+    settings = MODEL_PRESETS["tiny-random"]
     with pytest.raises(ValueError, match="needs `base_seed`"):
         ASRConfig.from_base_configs(audio_token_id=5, **settings)
     config = ASRConfig.from_base_configs(audio_token_id=5, base_seed=3, **settings)
@@ -30,7 +30,7 @@ def test_from_base_configs_refuses_bases_that_cannot_be_rebuilt():
 
 
 def test_from_base_models_needs_a_config_built_for_it():
-    config = ASRConfig(**PRESETS["tiny-random"], base_seed=0, audio_token_id=5)
+    config = ASRConfig(**MODEL_PRESETS["tiny-random"], base_seed=0, audio_token_id=5)
     with pytest.raises(ValueError, match="ASRConfig.from_base_configs"):
         ASRModel.from_base_models(config)
 
@@ -70,8 +70,8 @@ def test_chunk_length_is_checked_and_the_tiny_presets_match_their_corpus():
         with pytest.raises(ValueError, match=rf"chunk_length_s must lie in \[1, 30\] seconds, got {bad}"):
             ASRConfig(chunk_length_s=bad)
     assert ASRConfig().chunk_length_s == 30
-    assert PRESETS["tiny"]["chunk_length_s"] == PRESETS["tiny-base"]["chunk_length_s"] == 8
-    assert PRESETS["tiny-base-tokens"]["chunk_length_s"] == 15
+    assert MODEL_PRESETS["tiny"]["chunk_length_s"] == MODEL_PRESETS["tiny-base"]["chunk_length_s"] == 8
+    assert MODEL_PRESETS["tiny-base-tokens"]["chunk_length_s"] == 15
 
 
 def test_unknown_projector_output_is_a_clear_error():

@@ -299,5 +299,5 @@ def test_the_demo_gives_stage_0_the_same_passes_over_any_number_of_clips():
     from tiny_audio import demo, speech_corpus
 
     default_clips = inspect.signature(speech_corpus.build_corpus).parameters["num_train"].default
-    assert demo.ctc_steps_for(default_clips) == train_trainer.PRESETS["tiny"]["ctc_warmup_steps"]
+    assert demo.ctc_steps_for(default_clips) == train_trainer.TRAINING_PRESETS["tiny"]["ctc_warmup_steps"]
     assert demo.ctc_steps_for(2 * default_clips) == 2 * demo.ctc_steps_for(default_clips)

@@ -14,18 +14,18 @@ from transformers import AutoConfig, AutoModelForCausalLM, WhisperConfig, Whispe
 
 from configuration_asr import MIRROR_ENV
 from pipeline_asr import ASRPipeline
-from tiny_audio.presets import PRESETS, build, build_offline_tokenizer
+from tiny_audio.presets import MODEL_PRESETS, build, build_offline_tokenizer
 
 AUDIO_ID, TEXT_ID = "tiny-audio-test/whisper", "tiny-audio-test/llm"
 
 
 def save_mirror(root):
     """Tiny random bases laid out like `tiny_audio.offline_bases` lays out the real ones."""
-    audio_settings = dict(PRESETS["tiny-random"]["audio_config"])
+    audio_settings = dict(MODEL_PRESETS["tiny-random"]["audio_config"])
     del audio_settings["model_type"]
     WhisperModel(WhisperConfig(**audio_settings)).save_pretrained(root / AUDIO_ID)
     WhisperFeatureExtractor(feature_size=audio_settings["num_mel_bins"]).save_pretrained(root / AUDIO_ID)
-    text_config = AutoConfig.for_model(**PRESETS["tiny-random"]["text_config"])
+    text_config = AutoConfig.for_model(**MODEL_PRESETS["tiny-random"]["text_config"])
     AutoModelForCausalLM.from_config(text_config).save_pretrained(root / TEXT_ID)
     build_offline_tokenizer(text_config.vocab_size).save_pretrained(root / TEXT_ID)
 

@@ -36,7 +36,7 @@ CTC_PASSES = 4
 
 def ctc_steps_for(train_samples: int) -> int:
     """Stage 0's steps for `CTC_PASSES` passes over `train_samples` clips in the `tiny` preset's CTC batches."""
-    return round(CTC_PASSES * train_samples / train_trainer.PRESETS["tiny"]["ctc_batch_size"])
+    return round(CTC_PASSES * train_samples / train_trainer.TRAINING_PRESETS["tiny"]["ctc_batch_size"])
 
 
 def score_demo_model(asr, test, real_speech: Path | None, conditions: dict | None = None) -> dict:

@@ -34,7 +34,7 @@ TINY = {
 # Whisper base: 6 encoder layers of width 512 instead of tiny.en's 4 x 384
 TINY_BASE = {**TINY, "audio_model_id": "openai/whisper-base"}
 
-PRESETS = {
+MODEL_PRESETS = {
     "reference": {},
     "tiny": TINY,
     "tiny-base": TINY_BASE,
@@ -108,7 +108,7 @@ def build(preset: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float3
 
     The tokenizer and the base configs come first, so that the `ASRConfig` is built complete, once.
     """
-    settings = {**PRESETS[preset], **overrides}
+    settings = {**MODEL_PRESETS[preset], **overrides}
     set_seed(seed)
     if settings.get("audio_config") is not None:  # random bases, built from the configs the preset gives
         feature_extractor = WhisperFeatureExtractor(feature_size=settings["audio_config"]["num_mel_bins"])
