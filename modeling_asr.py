@@ -369,6 +369,12 @@ class AudioProjector(nn.Module):
         return self.norm(hidden_states.to(self.norm.weight.dtype)), lengths
 
 
+def rows_per_clip(per_clip: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """`per_clip` values repeated for each of `generate`'s rows: a clip has one row in greedy search and several,
+    next to each other, in beam search."""
+    return per_clip.repeat_interleave(num_rows // len(per_clip))
+
+
 class AudioLengthStoppingCriteria(StoppingCriteria):
     """Stops each sequence once it has generated its own cap of new tokens (set from its audio duration)."""
 
@@ -377,11 +383,12 @@ class AudioLengthStoppingCriteria(StoppingCriteria):
         self.max_new_tokens = max_new_tokens
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return (input_ids.shape[1] - self.prompt_length) >= self.max_new_tokens.to(input_ids.device)
+        caps = rows_per_clip(self.max_new_tokens, input_ids.shape[0]).to(input_ids.device)
+        return (input_ids.shape[1] - self.prompt_length) >= caps
 
 
 class ReadingConstraint(LogitsProcessor):
-    """Keeps greedy decoding to the words of each clip's `TokenReadout` reading. A step takes the best of the
+    """Keeps decoding to the words of each clip's `TokenReadout` reading. A step takes the best of the
     `candidates` top-scoring tokens whose text, in spoken form, still leads into the reading's (else the reading's
     own next token), and the end of turn only once every word is written. The LLM adds case and punctuation; where
     its copy of a long or odd reading slips, it cannot skip, repeat or invent words."""
@@ -394,19 +401,20 @@ class ReadingConstraint(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         constrained = scores.clone()
-        for row in range(len(self.readings)):
+        clips = rows_per_clip(torch.arange(len(self.readings)), input_ids.shape[0]).tolist()
+        for row, clip in enumerate(clips):
             written = input_ids[row, self.prompt_length :].tolist()
             if any(token in self.end_token_ids for token in written):
                 continue  # finished: generate pads this row
-            token = self.next_token(row, written, scores[row])
+            token = self.next_token(clip, written, scores[row])
             constrained[row] = float("-inf")
             constrained[row, token] = scores[row, token]
         return constrained
 
-    def next_token(self, row: int, written: list[int], scores: torch.Tensor) -> int:
+    def next_token(self, clip: int, written: list[int], scores: torch.Tensor) -> int:
         """The best-scoring candidate that keeps to the reading; else the reading's own next token (or the next piece
         of its text, inside a word the LLM spelt its own way); else the end of turn."""
-        reading, text = self.readings[row], self.tokenizer.decode(written, skip_special_tokens=True)
+        reading, text = self.readings[clip], self.tokenizer.decode(written, skip_special_tokens=True)
         said, word_open = spoken_form(text), self.word_open(text)
         if said == reading and not word_open:
             return self.end_token_ids[0]  # nothing left to say: punctuation cannot run on, nor open a silent clip
@@ -416,16 +424,16 @@ class ReadingConstraint(LogitsProcessor):
                     return token
             elif self.leads_into(reading, said, word_open, written + [token]):
                 return token
-        for token in self.reading_continuations(row, text, said):
+        for token in self.reading_continuations(clip, text, said):
             if self.leads_into(reading, said, word_open, written + [token]):
                 return token
         return self.end_token_ids[0]
 
-    def reading_continuations(self, row: int, text: str, said: str):
+    def reading_continuations(self, clip: int, text: str, said: str):
         """Tokens that go on from `text`, which says `said`: the reading's own token after it, then the first token of
         the rest of its text (`said` ends inside a word the LLM spelt its own way, or before a space or an apostrophe
         that `text` holds already). Only the rare step that no candidate suits."""
-        ids, reading = self.reading_ids[row], self.readings[row]
+        ids, reading = self.reading_ids[clip], self.readings[clip]
         for index, token in enumerate(ids):
             if spoken_form(self.tokenizer.decode(ids[:index])) == said:
                 yield token
@@ -836,10 +844,10 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         clip_by_clip_min_width: int = CLIP_BY_CLIP_MIN_WIDTH,
         **kwargs,
     ):
-        """Greedy decoding with the KV cache; each clip's new tokens are capped by its duration unless
-        `max_new_tokens` is given. Returns prompt + generated ids, like any decoder-only `generate`. On CPU an LLM at
-        least `clip_by_clip_min_width` wide prefills a batch clip by clip, and float32 linear layers run through oneDNN
-        (both in `cpu_inference_asr.py`).
+        """Greedy decoding (beam search with `num_beams`) with the KV cache; each clip's new tokens are capped by its
+        duration unless `max_new_tokens` is given. Returns prompt + generated ids, like any decoder-only `generate`.
+        On CPU an LLM at least `clip_by_clip_min_width` wide prefills a greedy batch clip by clip, and float32 linear
+        layers run through oneDNN (both in `cpu_inference_asr.py`).
 
         With a `TokenReadout`, each clip is read once (`read_audio`, or the `reading_ids` given) and, given the
         `tokenizer`, a `ReadingConstraint` keeps the transcript to the reading's words."""
@@ -858,9 +866,12 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
                 raise ValueError("keeping to the reading needs an end of turn: pass eos_token_id to generate")
             constraint = ReadingConstraint(tokenizer, kwargs["reading_ids"], input_ids.shape[1], end_token_ids)
             kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), constraint])
+        generation_config = kwargs.get("generation_config", self.generation_config)
+        one_row_per_clip = kwargs.get("num_beams", generation_config.num_beams) in (None, 1)
         with onednn_linear_layers(self):
             if (
-                input_features is not None
+                one_row_per_clip  # generate does not widen a cache it is given into beams
+                and input_features is not None
                 and "cache" not in kwargs
                 and prefills_clip_by_clip(self, input_ids, attention_mask, clip_by_clip_min_width)
             ):

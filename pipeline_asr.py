@@ -212,9 +212,15 @@ class ASRPipeline(ChunkPipeline):
     ):
         if chunk_length_s is not None:
             check_chunk_length(chunk_length_s)
+        if return_timestamps not in (None, True, False):
+            raise ValueError(
+                f"return_timestamps={return_timestamps!r} is not supported: True gives each piece's start and end"
+            )
         preprocess = {"chunk_length_s": chunk_length_s, "sampling_rate": sampling_rate}
         preprocess = {key: value for key, value in preprocess.items() if value is not None}
         forward = dict(kwargs.pop("generate_kwargs", {}), **kwargs)
+        if forward.get("num_return_sequences", 1) != 1:
+            raise ValueError("the pipeline gives one transcript per clip: num_return_sequences must be 1")
         if max_new_tokens is not None:
             forward["max_new_tokens"] = max_new_tokens
         if streamer is not None:

@@ -189,6 +189,17 @@ def test_a_looping_model_writes_the_words_of_its_reading_once(reading_model, rea
     assert free.startswith(f"{PHRASE.strip()} {PHRASE.strip()}")
 
 
+def test_every_beam_of_every_clip_keeps_to_its_reading(reading_model):
+    model, processor = reading_model
+    asr = ASRPipeline(model=scripted_model(model, processor, PHRASE, then_end=False), processor=processor)
+    readings = [" see the cold water", " water see the"]
+    reading_ids = processor.tokenizer(readings, add_special_tokens=False, padding=True, return_tensors="pt")
+    reading_ids = reading_ids.input_ids.masked_fill(reading_ids.attention_mask == 0, -100)
+    clips = [noise(5.0, seed=1), noise(5.0, seed=2)]
+    results = asr(clips, batch_size=2, reading_ids=reading_ids, loop_guard=False, generate_kwargs={"num_beams": 3})
+    assert [spoken_form(result["text"]) for result in results] == readings
+
+
 def test_a_model_that_says_its_reading_is_left_as_it_is(reading_model):
     model, processor = reading_model
     asr = ASRPipeline(model=scripted_model(model, processor, PHRASE, then_end=True), processor=processor)

@@ -69,6 +69,16 @@ def test_batch_size_four_matches_batch_size_one(asr, prefill):
     assert asr(clips, batch_size=4, generate_kwargs=generate_kwargs) == asr(clips, batch_size=1)
 
 
+@pytest.mark.parametrize("prefill", ["padded batch", "clip by clip"])
+def test_beam_search_in_a_batch_matches_one_clip_at_a_time(asr, prefill):
+    """Each clip keeps its own duration cap across its beams; a wide model on a CPU, which prefills a greedy batch
+    clip by clip, decodes beams from the padded batch."""
+    beams = {"num_beams": 3, **({"clip_by_clip_min_width": 0} if prefill == "clip by clip" else {})}
+    clips = [noise(s, seed=i) for i, s in enumerate((0.3, 2.2, 6.1))]
+    one_by_one = [asr(clip, generate_kwargs=beams) for clip in clips]
+    assert asr(clips, batch_size=3, generate_kwargs=beams) == one_by_one
+
+
 def test_a_list_runs_longest_first_and_keeps_its_order(asr, tmp_path, monkeypatch):
     seconds = (0.3, 2.2, 6.1, 1.4)
     clips = [noise(s, seed=i) for i, s in enumerate(seconds)]
@@ -168,6 +178,18 @@ def test_a_transcript_streamer_streams_every_piece_and_ends_with_the_call(asr):
 def test_a_chunk_length_outside_one_to_thirty_seconds_is_a_clear_error(asr, chunk_length_s):
     with pytest.raises(ValueError, match=rf"chunk_length_s must lie in \[1, 30\] seconds, got {chunk_length_s}"):
         asr(noise(1.0), chunk_length_s=chunk_length_s)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"return_timestamps": "word"}, "return_timestamps='word' is not supported: True gives each piece's start"),
+        ({"generate_kwargs": {"num_return_sequences": 2}}, "one transcript per clip: num_return_sequences must be 1"),
+    ],
+)
+def test_options_the_pipeline_cannot_honour_are_a_clear_error(asr, options, message):
+    with pytest.raises(ValueError, match=message):
+        asr(noise(1.0), **options)
 
 
 def test_bad_files_get_a_clear_error(asr, tmp_path):
