@@ -468,6 +468,7 @@ class ASRPreTrainedModel(PreTrainedModel):
     base_model_prefix = ""
     main_input_name = "input_ids"
     _keep_in_fp32_modules = ["projector"]
+    supports_gradient_checkpointing = True  # the bases' layers recompute their activations in the backward
     _supports_sdpa = True
     _supports_flash_attn = True
     _no_split_modules = ["WhisperEncoderLayer"]
@@ -822,7 +823,11 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             return CausalLMOutputWithPast(logits=outputs.logits, cache=outputs.cache)
 
         hidden_states = self.language_model.get_decoder()(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **kwargs,
         ).last_hidden_state
         targets = labels[:, 1:].to(hidden_states.device)
         labelled = targets != -100

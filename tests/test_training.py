@@ -101,6 +101,18 @@ def test_resume_continues_exactly(tmp_path):
     assert any(not torch.equal(halfway[name], straight[name]) for name in straight)
 
 
+def test_activation_checkpointing_trains_to_the_same_weights(tmp_path):
+    """`--gradient_checkpointing` recomputes the bases' activations in the backward: less memory, the same steps."""
+    common = ["--max_steps", "3", "--lora_rank", "4", "--eval_split_name", ""]
+    run(tmp_path / "stored", *common)
+    run(tmp_path / "recomputed", *common, "--gradient_checkpointing", "true")
+    stored = load_file(tmp_path / "stored/model.safetensors")
+    recomputed = load_file(tmp_path / "recomputed/model.safetensors")
+    assert stored.keys() == recomputed.keys() and any("lora" in name for name in stored)
+    for name in stored:
+        torch.testing.assert_close(recomputed[name], stored[name], atol=1e-6, rtol=0)
+
+
 def write_folder(root, rows):
     """An audiofolder split: root/train/metadata.csv beside the audio files."""
     split = root / "train"
