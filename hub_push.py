@@ -401,7 +401,14 @@ class _CardWriter:
             "",
             "- Loading runs the Python code in this repo (`trust_remote_code=True`); review it before use.",
         ]
-        if self.results and self.eval_label:
+        scores = self.checkpoint.scores
+        if "real_speech_wer" in scores:
+            lines.append(
+                f"- Real speech: {scores['real_speech_wer']:.1%} WER on {scores.get('real_speech_samples', 'a set of')} "
+                "recordings of people never used in training; accuracy on other speakers, domains, accents, noise or "
+                "languages is unknown."
+            )
+        elif self.results and self.eval_label:
             lines.append(
                 f"- Measured on {self.eval_label} only"
                 + (f" ({self.samples} samples)" if self.samples else "")

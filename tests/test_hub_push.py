@@ -316,6 +316,7 @@ def test_card_of_a_demo_model_reports_its_scores_and_how_its_llm_reads_the_audio
     assert "from `demo_results.json`" in card and "| real_speech_wer | 0.3413 |" in card
     assert "| real_speech_samples | 45 |" in card and "No evaluation results" not in card
     assert "test_wer_by_condition" not in card  # a breakdown stays in its file
+    assert "- Real speech: 34.1% WER on 45 recordings of people never used in training" in card
 
 
 def test_card_leaves_out_what_has_no_source(model_dir, tmp_path):
