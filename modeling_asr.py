@@ -872,10 +872,13 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             constraint = ReadingConstraint(tokenizer, kwargs["reading_ids"], input_ids.shape[1], end_token_ids)
             kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), constraint])
         generation_config = kwargs.get("generation_config", self.generation_config)
-        one_row_per_clip = kwargs.get("num_beams", generation_config.num_beams) in (None, 1)
+        one_row_per_clip = all(
+            kwargs.get(key, getattr(generation_config, key)) in (None, 1)
+            for key in ("num_beams", "num_return_sequences")
+        )
         with onednn_linear_layers(self):
             if (
-                one_row_per_clip  # generate does not widen a cache it is given into beams
+                one_row_per_clip  # generate does not widen a cache it is given into beams or sequences
                 and input_features is not None
                 and "cache" not in kwargs
                 and prefills_clip_by_clip(self, input_ids, attention_mask, clip_by_clip_min_width)

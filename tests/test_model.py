@@ -225,6 +225,17 @@ def test_prompts_ending_in_audio_keep_the_padded_batch_prefill(tiny_random):
     assert generated.shape == (2, batch["input_ids"].shape[1] + 3)
 
 
+def test_several_sequences_per_clip_keep_the_padded_batch_prefill(tiny_random):
+    """`generate` does not widen a cache it is given into beams or returned sequences, so a wide model on a CPU
+    prefills those from the padded batch."""
+    model, processor = tiny_random
+    batch = processor(audio=[noise(1.4), noise(0.5, seed=1)])
+    kwargs = {"max_new_tokens": 3, "min_new_tokens": 3, "pad_token_id": 0, "clip_by_clip_min_width": 0}
+    sampled = model.generate(**batch, **kwargs, do_sample=True, num_return_sequences=2)
+    beams = model.generate(**batch, **kwargs, num_beams=2, num_return_sequences=2)
+    assert sampled.shape == beams.shape == (4, batch["input_ids"].shape[1] + 3)
+
+
 def test_attention_stays_off_cudnn_whose_graphs_are_rebuilt_per_length(tiny_random):
     """cuDNN attention plans again for every new sequence length, and every batch brings new clip lengths."""
     model, processor = tiny_random
