@@ -92,6 +92,7 @@ def main(argv=None) -> dict:
         ],
     }
     name = "base_dtype_cpu_" + torch.backends.cpu.get_cpu_capability().lower()
+    name += "_native_bf16" if native_bfloat16(device) else ""  # AVX512 CPUs differ most in this
     write_results(name, result)
     print("\n".join(" | ".join(row) for row in rows))
     print("\n".join(result["notes"]))
