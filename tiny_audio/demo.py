@@ -55,7 +55,8 @@ def score_demo_model(asr, test, real_speech: Path | None, conditions: dict | Non
     return summary | {key: value for key, value in non_speech.items() if key != "non_speech_hypotheses"}
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
+    """The demo's own flags, and the rest for train_trainer.py."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default="outputs/speech_corpus")
     parser.add_argument("--output_dir", default="outputs/demo")
@@ -81,11 +82,11 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--real_speech", default=str(REAL_SPEECH), help="folder of real recordings with manifest.jsonl ('' to skip)"
     )
-    args, train_flags = parser.parse_known_args(argv)
-    # a corpus built by tiny_audio.speech_corpus records each clip's engine, voice and augmentation
-    conditions = clip_conditions(args.corpus, "test") if Path(args.corpus, "corpus.json").is_file() else None
+    return parser.parse_known_args(argv)
 
-    start = time.monotonic()
+
+def train(args: argparse.Namespace, train_flags: list[str]) -> None:
+    """The `tiny` preset on the corpus: stage 0, then the LLM stage, saved to `args.output_dir`."""
     train_trainer.main(
         [
             "--preset",
@@ -107,6 +108,43 @@ def main(argv=None) -> dict:
             *train_flags,
         ]
     )
+
+
+def print_summary(summary: dict, real_speech: Path | None, clip: dict, hypothesis: str, output_dir: str) -> None:
+    """The held-out clip's transcript and the three scores, as `make demo` ends."""
+    print(f"\nHeld-out clip ({Path(clip['audio']).name}, a voice and sentence never seen in training):")
+    print(f"  reference : {clip['text']}")
+    print(f"  hypothesis: {hypothesis}")
+    print(f"  WER       : {word_error_rate([clip['text']], [hypothesis]):.1%}")
+    print(
+        f"\nSynthetic test split WER over {summary['test_samples']} clips: {summary['test_wer']:.1%} "
+        f"(RTFx {summary['test_rtfx']:.1f})"
+    )
+    if "test_wer_by_condition" in summary:
+        by_condition = summary["test_wer_by_condition"].items()
+        print("  by kind of clip: " + ", ".join(f"{condition} {wer:.1%}" for condition, wer in by_condition))
+    if "real_speech_wer" in summary:
+        print(
+            f"Real speech WER over {summary['real_speech_samples']} recordings in {real_speech}: "
+            f"{summary['real_speech_wer']:.1%} (RTFx {summary['real_speech_rtfx']:.1f})"
+        )
+    else:
+        print(f"Real speech: skipped, no manifest.jsonl in {real_speech or '(--real_speech not given)'}")
+    print(
+        f"Non-speech ({summary['non_speech_clips']} clips of noise, tones and music): "
+        f"{summary['words_per_non_speech_clip']:.1f} made-up words per clip, "
+        f"{summary['non_speech_clips_with_text']:.0%} of clips got any text"
+    )
+    print(f"{summary['minutes_total']:.1f} minutes in all. Model: {output_dir}")
+
+
+def main(argv=None) -> dict:
+    args, train_flags = parse_args(argv)
+    # a corpus built by tiny_audio.speech_corpus records each clip's engine, voice and augmentation
+    conditions = clip_conditions(args.corpus, "test") if Path(args.corpus, "corpus.json").is_file() else None
+
+    start = time.monotonic()
+    train(args, train_flags)
     train_minutes = (time.monotonic() - start) / 60
 
     print(f"\nLoading {args.output_dir} through pipeline(..., trust_remote_code=True)")
@@ -125,30 +163,7 @@ def main(argv=None) -> dict:
     hypothesis = asr(clip["audio"])["text"]
     summary.update(minutes_total=(time.monotonic() - start) / 60, minutes_training=train_minutes)
     Path(args.output_dir, "demo_results.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nHeld-out clip ({Path(clip['audio']).name}, a voice and sentence never seen in training):")
-    print(f"  reference : {clip['text']}")
-    print(f"  hypothesis: {hypothesis}")
-    print(f"  WER       : {word_error_rate([clip['text']], [hypothesis]):.1%}")
-    print(
-        f"\nSynthetic test split WER over {summary['test_samples']} clips: {summary['test_wer']:.1%} "
-        f"(RTFx {summary['test_rtfx']:.1f})"
-    )
-    if conditions is not None:
-        by_condition = summary["test_wer_by_condition"].items()
-        print("  by kind of clip: " + ", ".join(f"{condition} {wer:.1%}" for condition, wer in by_condition))
-    if "real_speech_wer" in summary:
-        print(
-            f"Real speech WER over {summary['real_speech_samples']} recordings in {real_speech}: "
-            f"{summary['real_speech_wer']:.1%} (RTFx {summary['real_speech_rtfx']:.1f})"
-        )
-    else:
-        print(f"Real speech: skipped, no manifest.jsonl in {real_speech or '(--real_speech not given)'}")
-    print(
-        f"Non-speech ({summary['non_speech_clips']} clips of noise, tones and music): "
-        f"{summary['words_per_non_speech_clip']:.1f} made-up words per clip, "
-        f"{summary['non_speech_clips_with_text']:.0%} of clips got any text"
-    )
-    print(f"{summary['minutes_total']:.1f} minutes in all. Model: {args.output_dir}")
+    print_summary(summary, real_speech, clip, hypothesis, args.output_dir)
     return summary
 
 
