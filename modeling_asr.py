@@ -652,6 +652,9 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             target_modules=list(self.config.lora_target_modules),
         )
         inject_adapter_in_model(lora_config, self.language_model)
+        for name, module in self.language_model.named_modules():
+            if name.endswith((".lora_A", ".lora_B")):
+                module.float()  # trained weights stay float32; peft gives adapters their base layer's dtype
 
     @torch.no_grad()
     def match_projector_scale(self) -> None:

@@ -486,6 +486,20 @@ def test_trained_encoder_layers_keep_float32_weights_on_bfloat16_bases():
     assert torch.isfinite(mixed(**processor(audio=[noise(1.2)], text=["one two"])).loss)
 
 
+def test_lora_adapters_keep_float32_weights_on_bfloat16_bases():
+    model, processor = build("tiny-random")
+    encoder, llm = copy.deepcopy(model.audio_encoder).bfloat16(), copy.deepcopy(model.language_model).bfloat16()
+    config = copy.deepcopy(model.config)
+    config.lora_rank = 4
+    mixed = ASRModel(config, audio_encoder=encoder, language_model=llm)
+    lora = {name: p for name, p in mixed.named_parameters() if "lora_" in name}
+    assert lora and {p.dtype for p in lora.values()} == {torch.float32}
+    assert mixed.language_model.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
+    loss = mixed(**processor(audio=[noise(1.2)], text=["one two"])).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and p.grad.dtype == torch.float32 for p in lora.values())
+
+
 def test_cached_frozen_encoder_outputs_give_the_same_audio_embeddings():
     model, processor = build("tiny-random", trained_encoder_layers=1)
     batch = processor(audio=[noise(0.8), noise(2.1, seed=1)])
