@@ -562,6 +562,8 @@ def main(argv: list[str] | None = None) -> dict:
             "a model whose LLM reads CTC tokens (ctc_tokens) trains only LoRA in the LLM stage: set --lora_rank"
         )
     logger.info(f"trained parameters: {trained_parameters(model):,}")
+    if not (training_args.deepspeed or training_args.fsdp):
+        model.to(training_args.device)  # where the Trainer would put it, already for the encoder cache and stage 0
     train_data, train_counter, eval_data = load_data(data_args, training_args)
     wer_examples = list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None
     train_data, encoder_cache = prepare_train_data(

@@ -107,7 +107,7 @@ class CTCWarmup:
         self.head = model.projector.readout
         if self.head is None:
             llm_embeddings = model.get_input_embeddings().weight
-            self.head = TokenReadout(*llm_embeddings.shape).to(model.projector.conv1.weight.device)
+            self.head = TokenReadout(*llm_embeddings.shape).to(llm_embeddings.device)
         self.head.set_tokens(self.vocab, [processor.tokenizer.decode([token]) for token in self.vocab])
         self.audio_parameters = audio_parameters(model)
         encoder = trained_encoder_parameters(model)
@@ -123,17 +123,20 @@ class CTCWarmup:
     def autocast(self):
         """bfloat16 matmuls for the projector's training steps when the bases run in bfloat16, else a no-op (the
         readout's similarities follow the LLM table's dtype either way)."""
-        device = self.model.projector.conv1.weight.device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.bfloat16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.projector.conv1.weight.device
 
     def _audio_embeddings(self, indices: list[int]):
         if self.encoder_cache is not None:
             cached = [self.encoder_cache[i]["hidden_states"] for i in indices]
-            lengths = torch.tensor([c.shape[0] for c in cached])
-            hidden = nn.utils.rnn.pad_sequence(cached, batch_first=True).float()
+            lengths = torch.tensor([c.shape[0] for c in cached], device=self.device)
+            hidden = nn.utils.rnn.pad_sequence(cached, batch_first=True).to(self.device, torch.float32)
             inputs = {"mm_encoder_outputs": {"audio": (hidden, lengths)}}
         else:
-            batch = self.processor(audio=[load_audio(self.dataset[i]["audio"]) for i in indices])
+            batch = self.processor(audio=[load_audio(self.dataset[i]["audio"]) for i in indices]).to(self.device)
             inputs = {"input_features": batch["input_features"], "input_features_mask": batch["input_features_mask"]}
         with self.autocast():
             return self.model.project_audio(**inputs)
@@ -208,7 +211,7 @@ class CTCWarmup:
     @torch.no_grad()
     def transcribe(self, clips: list) -> list[str]:
         """Greedy CTC reading of clips (collapse repeats, drop blanks): how well the audio frames alone read."""
-        batch = self.processor(audio=clips)
+        batch = self.processor(audio=clips).to(self.device)
         projected, lengths = self.model.project_audio(batch["input_features"], batch["input_features_mask"])
         readings = self.head.greedy_reading(projected, lengths, self.model.get_input_embeddings().weight)
         return [self.processor.tokenizer.decode(row[row != IGNORE_INDEX]).strip() for row in readings]

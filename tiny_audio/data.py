@@ -310,17 +310,18 @@ class ASRCollator:
 
 @torch.no_grad()
 def build_encoder_cache(model, processor: ASRProcessor, dataset: Dataset, batch_size: int = 16) -> list[dict]:
-    """Runs the frozen encoder layers once over a finite dataset; entry i holds example i's output (fp16)."""
+    """Runs the frozen encoder layers once over a finite dataset, on the encoder's device; entry i holds example i's
+    output (fp16, in CPU memory)."""
     order = np.argsort(dataset["length"])
     cache = [None] * len(dataset)
     for start in tqdm(range(0, len(order), batch_size), desc="caching encoder outputs"):
         indices = [int(i) for i in order[start : start + batch_size]]
         clips = [load_audio(dataset[i]["audio"]) for i in indices]
-        batch = processor(audio=clips)
+        batch = processor(audio=clips).to(model.audio_encoder.conv1.weight.device)
         frames = batch["input_features_mask"].sum(-1)
         hidden, lengths = model.audio_encoder.forward_frozen(batch["input_features"], frames)
         for row, index in enumerate(indices):
-            cache[index] = {"hidden_states": hidden[row, : lengths[row]].half(), "num_samples": clips[row].size}
+            cache[index] = {"hidden_states": hidden[row, : lengths[row]].half().cpu(), "num_samples": clips[row].size}
         del batch, hidden
         release_freed_heap()
     return cache
