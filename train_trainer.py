@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from datasets import Dataset
 from datasets.distributed import split_dataset_by_node
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
@@ -437,8 +438,12 @@ def load_split(
         text_column=data_args.text_column_name,
         streaming=streaming,
     )
-    if streaming:
-        if data_args.non_speech_fraction and split == data_args.train_split_name:
+    if streaming and split != data_args.train_split_name:
+        # evaluation reads a finite set: the split's first clips, streamed (loading it whole would download the
+        # whole config, training split included)
+        dataset = Dataset.from_list(list(dataset.take(max_samples) if max_samples else dataset))
+    elif streaming:
+        if data_args.non_speech_fraction:
             raise ValueError("--non_speech_fraction needs a finite training set (no --streaming)")
         if world_size > 1:  # each rank reads its own shard of the stream
             dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
@@ -481,7 +486,7 @@ def load_data(data_args: DataArguments, training_args: TrainingArguments):
     eval_data = None
     if data_args.eval_split_name:
         eval_data, _ = load_split(
-            data_args, data_args.eval_split_name, training_args.seed, data_args.max_eval_samples, False
+            data_args, data_args.eval_split_name, training_args.seed, data_args.max_eval_samples, data_args.streaming
         )
     return train_data, train_counter, eval_data
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,12 +16,14 @@ import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
+import train_trainer
 from processing_asr import ASRProcessor
 from tiny_audio.data import (
     ASRCollator,
     SkipCounter,
     build_encoder_cache,
     open_dataset,
+    open_mixture,
     scan,
     synthetic_tones,
     tone_clip,
@@ -213,6 +216,40 @@ def test_streaming_a_local_folder_trains(tmp_path, messy_folder):
         "10",
     )
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_streamed_data_is_evaluated_on_the_first_clips_of_its_streamed_eval_split(tmp_path, messy_folder, monkeypatch):
+    """Loading the eval split whole would download a Hub dataset's whole config, its training split included."""
+    folder = tmp_path / "data"
+    shutil.copytree(messy_folder, folder)
+    shutil.copytree(folder / "train", folder / "validation")
+    opened = []
+
+    def recording_open_mixture(*args, split, streaming, **kwargs):
+        opened.append((split, streaming))
+        return open_mixture(*args, split=split, streaming=streaming, **kwargs)
+
+    monkeypatch.setattr(train_trainer, "open_mixture", recording_open_mixture)
+    metrics = run(
+        tmp_path / "run",
+        "--dataset_name",
+        str(folder),
+        "--streaming",
+        "true",
+        "--max_eval_samples",
+        "6",
+        "--max_wer_samples",
+        "3",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_duration_in_seconds",
+        "10",
+    )
+    record = json.loads((tmp_path / "run" / "training_run.json").read_text())
+    assert record["data"]["eval"]["samples"] == 6 and "eval_wer" in metrics
+    assert opened == [("train", True), ("validation", True)]
 
 
 def test_a_folder_without_split_folders_is_its_train_split_alone(tmp_path):
