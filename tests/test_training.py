@@ -199,26 +199,9 @@ def test_skip_counter_refuses_a_broken_stream_early():
             counter.record("undecodable")
 
 
-def test_streaming_a_local_folder_trains(tmp_path, messy_folder):
-    run(
-        tmp_path,
-        "--dataset_name",
-        str(messy_folder),
-        "--streaming",
-        "true",
-        "--eval_split_name",
-        "",
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "4",
-        "--max_duration_in_seconds",
-        "10",
-    )
-    assert (tmp_path / "model.safetensors").exists()
-
-
-def test_streamed_data_is_evaluated_on_the_first_clips_of_its_streamed_eval_split(tmp_path, messy_folder, monkeypatch):
+def test_streamed_data_trains_and_is_evaluated_on_the_first_clips_of_its_streamed_eval_split(
+    tmp_path, messy_folder, monkeypatch
+):
     """Loading the eval split whole would download a Hub dataset's whole config, its training split included."""
     folder = tmp_path / "data"
     shutil.copytree(messy_folder, folder)
@@ -250,6 +233,7 @@ def test_streamed_data_is_evaluated_on_the_first_clips_of_its_streamed_eval_spli
     record = json.loads((tmp_path / "run" / "training_run.json").read_text())
     assert record["data"]["eval"]["samples"] == 6 and "eval_wer" in metrics
     assert opened == [("train", True), ("validation", True)]
+    assert (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_a_folder_without_split_folders_is_its_train_split_alone(tmp_path):
