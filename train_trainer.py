@@ -80,9 +80,10 @@ TRAINING_PRESETS = {
         "lora_rank": 16,
         "per_device_train_batch_size": 8,
         "learning_rate": 1e-3,
-        "warmup_steps": 20,
+        "warmup_steps": 0.4,
         "lr_scheduler_type": "cosine",
-        "max_steps": 300,
+        "max_steps": 25,  # the words come from stage 0's reading: these steps teach case and punctuation (README)
+        "max_train_minutes": 10,
         "logging_steps": 10,
         "save_strategy": "no",
         "max_eval_samples": 100,

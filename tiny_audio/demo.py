@@ -4,7 +4,7 @@
 
 Aims at `make demo`'s 25 minutes on 2 CPU cores with the defaults (the README has the measured times, machine by
 machine); `make demo TRAIN_CLIPS=6000` builds a larger corpus and trains on all of it: a better model in more time.
-Any other flag is passed to train_trainer.py. After training it scores the synthetic test split (by kind of clip too,
+Any other flag is passed to train_trainer.py (`--max_steps` for the LLM stage, for one). After training it scores the synthetic test split (by kind of clip too,
 when the corpus records them), real recordings (`--real_speech`, a folder with `manifest.jsonl`; by default
 `../shared/speech` beside the repository when it exists) and the non-speech set, and writes all three to
 `demo_results.json` in the model folder.
@@ -70,14 +70,6 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
         help=f"stage 0: CTC warm-up steps of the projector (default: {CTC_PASSES} passes over the training clips in "
         "the preset's batches)",
     )
-    parser.add_argument("--train_minutes", type=float, default=10.0, help="time budget of the LLM stage")
-    parser.add_argument(
-        "--max_steps",
-        type=int,
-        default=25,
-        help="LLM steps, the first 40%% of them warm-up. The words come from stage 0's reading, so these steps teach "
-        "case and punctuation and barely move the WER (README)",
-    )
     parser.add_argument("--test_samples", type=int, default=200)
     parser.add_argument(
         "--real_speech", default=str(REAL_SPEECH), help="folder of real recordings with manifest.jsonl ('' to skip)"
@@ -99,12 +91,6 @@ def train(args: argparse.Namespace, train_flags: list[str]) -> None:
             str(args.train_samples),
             "--ctc_warmup_steps",
             str(args.ctc_steps or ctc_steps_for(args.train_samples)),
-            "--max_train_minutes",
-            str(args.train_minutes),
-            "--max_steps",
-            str(args.max_steps),
-            "--warmup_steps",
-            "0.4",
             *train_flags,
         ]
     )
