@@ -76,6 +76,11 @@ def split_at_quiet_points(blocks, max_samples: int, min_samples: int):
         yield offset, buffer
 
 
+def inaudible(chunk: np.ndarray) -> bool:
+    """Whether a piece holds nothing to transcribe: all zeros, or shorter than one feature frame."""
+    return not chunk.any() or chunk.size < HOP_LENGTH
+
+
 def approximate_seconds(inputs, sampling_rate: int | None = None) -> float:
     """Duration of a pipeline input without decoding it, to order a list by length; 0 when it cannot be told cheaply."""
     if isinstance(inputs, dict):
@@ -252,7 +257,7 @@ class ASRPipeline(ChunkPipeline):
     def _chunk_item(offset: int, chunk: np.ndarray) -> dict:
         return {
             "audio": chunk,
-            "silent": not chunk.any() or chunk.size < HOP_LENGTH,
+            "silent": inaudible(chunk),
             "start": offset / SAMPLING_RATE,
             "end": (offset + chunk.size) / SAMPLING_RATE,
         }
@@ -298,5 +303,6 @@ __all__ = [
     "TranscriptStreamer",
     "approximate_seconds",
     "file_blocks",
+    "inaudible",
     "split_at_quiet_points",
 ]

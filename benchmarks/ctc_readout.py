@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.common import machine_info, write_results
-from configuration_asr import HOP_LENGTH, SAMPLING_RATE
-from pipeline_asr import split_at_quiet_points
+from configuration_asr import SAMPLING_RATE
+from pipeline_asr import inaudible, split_at_quiet_points
 from processing_asr import load_audio
 from tiny_audio.ctc_warmup import CTCWarmup
 from tiny_audio.data import SkipCounter, build_encoder_cache, open_dataset, scan
@@ -38,7 +38,7 @@ def read_clip(warmup: CTCWarmup, clip, piece_seconds: float) -> str:
     (the zeros that end a long clip, say) reads as nothing."""
     max_samples = int(piece_seconds * SAMPLING_RATE)
     pieces = [piece for _, piece in split_at_quiet_points([clip], max_samples, max_samples * 2 // 3)]
-    audible = [piece for piece in pieces if piece.any() and piece.size >= HOP_LENGTH]
+    audible = [piece for piece in pieces if not inaudible(piece)]
     return " ".join(warmup.transcribe(audible)) if audible else ""
 
 

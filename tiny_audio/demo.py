@@ -4,10 +4,10 @@
 
 Aims at `make demo`'s 25 minutes on 2 CPU cores with the defaults (the README has the measured times, machine by
 machine); `make demo TRAIN_CLIPS=6000` builds a larger corpus and trains on all of it: a better model in more time.
-Any other flag is passed to train_trainer.py (`--max_steps` for the LLM stage, for one). After training it scores the synthetic test split (by kind of clip too,
-when the corpus records them), real recordings (`--real_speech`, a folder with `manifest.jsonl`; by default
-`../shared/speech` beside the repository when it exists) and the non-speech set, and writes all three to
-`demo_results.json` in the model folder.
+Any other flag is passed to train_trainer.py (`--max_steps` for the LLM stage, for one). After training it scores the
+synthetic test split (by kind of clip too, when the corpus records them), real recordings (`--real_speech`, a folder
+with `manifest.jsonl`; by default `../shared/speech` beside the repository when it exists) and the non-speech set,
+and writes all three to `demo_results.json` in the model folder.
 """
 
 import argparse
