@@ -236,6 +236,29 @@ def test_streamed_data_trains_and_is_evaluated_on_the_first_clips_of_its_streame
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_a_stream_decoded_in_dataloader_workers_is_counted_in_the_run_record(tmp_path, messy_folder):
+    run(
+        tmp_path,
+        "--dataset_name",
+        str(messy_folder),
+        "--streaming",
+        "true",
+        "--dataloader_num_workers",
+        "2",
+        "--eval_split_name",
+        "",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_duration_in_seconds",
+        "10",
+    )
+    counts = json.loads((tmp_path / "training_run.json").read_text())["data"]["train"]
+    assert counts["seen"] == 24 and counts["kept"] == 20
+    assert counts["skipped"] == {"undecodable": 1, "empty_transcript": 1, "non_finite": 1, "too_long": 1}
+
+
 def test_a_folder_without_split_folders_is_its_train_split_alone(tmp_path):
     flat = tmp_path / "flat"
     (write_folder(tmp_path, [("a.wav", tone_clip(["one", "two"]), "one two")]) / "train").rename(flat)

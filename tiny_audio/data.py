@@ -5,10 +5,11 @@ import ctypes.util
 import functools
 import io
 import logging
+import multiprocessing
 import random
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
 
 import numpy as np
@@ -31,21 +32,51 @@ class BadDataError(ValueError):
     """Too much of a dataset is unusable for a run to mean anything."""
 
 
+# The skip count each `InvalidAudioError.reason` goes to in a run's data summary.
+SKIP_REASONS = {
+    "missing": "undecodable",
+    "undecodable": "undecodable",
+    "unsupported": "undecodable",
+    "empty": "empty_audio",
+    "silent": "empty_audio",
+    "too_short": "empty_audio",
+    "non_finite": "non_finite",
+    "out_of_range": "undecodable",
+    "too_long": "too_long",
+}
+# What a run's data summary counts, in the order of `SkipCounter.counts` after the examples seen.
+SKIP_KINDS = ("empty_transcript", *dict.fromkeys(SKIP_REASONS.values()))
+
+
 @dataclass
 class SkipCounter:
-    """Counts examples seen and skipped per reason; refuses a dataset whose skipped fraction is too high."""
+    """Counts examples seen and skipped per reason; refuses a dataset whose skipped fraction is too high.
+
+    The counts live in shared memory: the dataloader workers that decode a streamed dataset count into the same
+    numbers that the main process writes to `training_run.json`."""
 
     name: str
     max_bad_fraction: float = 0.2
     min_examples: int = 20
-    seen: int = 0
-    skipped: Counter = field(default_factory=Counter)
+    counts: SynchronizedArray = field(
+        default_factory=lambda: multiprocessing.Array("q", 1 + len(SKIP_KINDS)), repr=False
+    )
+
+    @property
+    def seen(self) -> int:
+        return self.counts[0]
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return {kind: count for kind, count in zip(SKIP_KINDS, self.counts[1:]) if count}
 
     def record(self, reason: str | None) -> None:
-        self.seen += 1
+        with self.counts.get_lock():
+            self.counts[0] += 1
+            if reason is not None:
+                self.counts[1 + SKIP_KINDS.index(reason)] += 1
         if reason is not None:
-            self.skipped[reason] += 1
-            logger.warning(f"{self.name}: skipped an example ({reason}); skips so far: {dict(self.skipped)}")
+            logger.warning(f"{self.name}: skipped an example ({reason}); skips so far: {self.skipped}")
             if self.seen >= self.min_examples:
                 self.check()
 
@@ -53,12 +84,12 @@ class SkipCounter:
         bad = sum(self.skipped.values())
         if self.seen and bad / self.seen > self.max_bad_fraction:
             raise BadDataError(
-                f"{self.name}: {bad} of {self.seen} examples are unusable ({dict(self.skipped)}), more than "
+                f"{self.name}: {bad} of {self.seen} examples are unusable ({self.skipped}), more than "
                 f"--max_bad_fraction {self.max_bad_fraction}; fix the data or raise the limit"
             )
 
     def summary(self) -> dict:
-        return {"seen": self.seen, "kept": self.seen - sum(self.skipped.values()), "skipped": dict(self.skipped)}
+        return {"seen": self.seen, "kept": self.seen - sum(self.skipped.values()), "skipped": self.skipped}
 
 
 def tone_clip(words: list[str], seconds_per_word: float = 0.3) -> np.ndarray:
@@ -123,20 +154,6 @@ def open_mixture(names: list[str], weights: list[float] | None, seed: int, **kwa
         raise ValueError(f"--dataset_weights needs {len(names)} values, got {len(weights)}")
     probabilities = [w / sum(weights) for w in weights] if weights else None
     return interleave_datasets(datasets, probabilities, seed=seed, stopping_strategy="all_exhausted")
-
-
-# The skip count each `InvalidAudioError.reason` goes to in a run's data summary.
-SKIP_REASONS = {
-    "missing": "undecodable",
-    "undecodable": "undecodable",
-    "unsupported": "undecodable",
-    "empty": "empty_audio",
-    "silent": "empty_audio",
-    "too_short": "empty_audio",
-    "non_finite": "non_finite",
-    "out_of_range": "undecodable",
-    "too_long": "too_long",
-}
 
 
 def decode_example(example: dict, index: int, max_seconds: float) -> tuple[np.ndarray | None, str | None]:
