@@ -80,13 +80,17 @@ def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def seeded(seed: int | None, build, config) -> nn.Module:
-    """A randomly initialised base model that the same seed rebuilds exactly."""
+def seeded(seed: int | None, build, config, dtype: torch.dtype | str | None = None) -> nn.Module:
+    """A randomly initialised base model that the same seed rebuilds exactly, in `dtype` (float32 for None or
+    "auto": random weights have no dtype of their own)."""
     if seed is None:
         raise ValueError("a base model without a Hub id needs `base_seed` so that it can be rebuilt on loading")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return build(config)
+        model = build(config)
+    if dtype is None or dtype == "auto":
+        return model
+    return model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
 
 
 class SplitWhisperEncoder(WhisperEncoder):
@@ -514,7 +518,7 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         where an id is `None`, random weights drawn from `config.base_seed` (for offline smoke tests).
 
         `dtype` and `loader_kwargs` (`attn_implementation`, `device_map`, `cache_dir`, ...) go to the pretrained bases'
-        `from_pretrained`; random bases take `attn_implementation` only. Either way the bases can be rebuilt, so saving
+        `from_pretrained`; random bases take `dtype` and `attn_implementation` only. Either way the bases can be rebuilt, so saving
         the model writes only the trained weights.
         """
         if not config.trained_weights_only:
@@ -532,13 +536,13 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
                 WhisperModel, config.audio_model_id, config.audio_model_revision, dtype=dtype, **loader_kwargs
             ).get_encoder()
         else:
-            encoder = seeded(config.base_seed, WhisperEncoder, config.audio_config)
+            encoder = seeded(config.base_seed, WhisperEncoder, config.audio_config, dtype)
         if config.text_model_id:
             llm = from_pretrained_or_mirror(
                 AutoModelForCausalLM, config.text_model_id, config.text_model_revision, dtype=dtype, **loader_kwargs
             )
         else:
-            llm = seeded(config.base_seed, AutoModelForCausalLM.from_config, config.text_config)
+            llm = seeded(config.base_seed, AutoModelForCausalLM.from_config, config.text_config, dtype)
         model = cls(config, audio_encoder=encoder, language_model=llm)
         model.projector.to(model.get_input_embeddings().weight.device)  # beside the LLM, wherever it was placed
         return model

@@ -1,6 +1,5 @@
 """ASRConfig, ASRModel and ASRProcessor: token counts, splicing, loss, freezing, generation, save/load."""
 
-import copy
 import json
 import math
 import textwrap
@@ -475,10 +474,18 @@ def test_top_encoder_layers_train_and_are_saved_with_the_projector(tmp_path):
     torch.testing.assert_close(_outputs(reloaded, processor), _outputs(model, processor))
 
 
+def test_random_bases_take_the_dtype_asked_for_and_are_rebuilt_in_it(tmp_path):
+    model, processor = build("tiny-random", dtype=torch.bfloat16)
+    assert model.audio_encoder.conv1.weight.dtype == model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.projector.linear1.weight.dtype == torch.float32
+    model.save_pretrained(tmp_path)
+    reloaded = ASRModel.from_pretrained(tmp_path, dtype="bfloat16")
+    assert reloaded.get_input_embeddings().weight.dtype == torch.bfloat16
+    torch.testing.assert_close(_outputs(reloaded, processor), _outputs(model, processor))
+
+
 def test_trained_encoder_layers_keep_float32_weights_on_bfloat16_bases():
-    model, processor = build("tiny-random", trained_encoder_layers=1)
-    encoder, llm = copy.deepcopy(model.audio_encoder).bfloat16(), copy.deepcopy(model.language_model).bfloat16()
-    mixed = ASRModel(model.config, audio_encoder=encoder, language_model=llm)
+    mixed, processor = build("tiny-random", dtype=torch.bfloat16, trained_encoder_layers=1)
     assert all(
         p.dtype == torch.float32 for module in mixed.audio_encoder.trained_modules() for p in module.parameters()
     )
@@ -487,11 +494,7 @@ def test_trained_encoder_layers_keep_float32_weights_on_bfloat16_bases():
 
 
 def test_lora_adapters_keep_float32_weights_on_bfloat16_bases():
-    model, processor = build("tiny-random")
-    encoder, llm = copy.deepcopy(model.audio_encoder).bfloat16(), copy.deepcopy(model.language_model).bfloat16()
-    config = copy.deepcopy(model.config)
-    config.lora_rank = 4
-    mixed = ASRModel(config, audio_encoder=encoder, language_model=llm)
+    mixed, processor = build("tiny-random", dtype=torch.bfloat16, lora_rank=4)
     lora = {name: p for name, p in mixed.named_parameters() if "lora_" in name}
     assert lora and {p.dtype for p in lora.values()} == {torch.float32}
     assert mixed.language_model.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
