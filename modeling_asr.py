@@ -864,20 +864,11 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         With a `TokenReadout`, each clip is read once (`read_audio`, or the `reading_ids` given) and, given the
         `tokenizer`, a `ReadingConstraint` keeps the transcript to the reading's words."""
         if input_features_mask is not None and "max_new_tokens" not in kwargs:
-            num_samples = input_features_mask.sum(-1).cpu() * HOP_LENGTH
-            caps = torch.tensor([self.config.max_new_tokens_for(int(n)) for n in num_samples])
-            kwargs["max_new_tokens"] = int(caps.max())
-            kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [*kwargs.get("stopping_criteria", []), AudioLengthStoppingCriteria(input_ids.shape[1], caps)]
-            )
+            self.cap_by_duration(kwargs, input_ids.shape[1], input_features_mask)
         if self.projector.readout is not None and input_features is not None and kwargs.get("reading_ids") is None:
             kwargs["reading_ids"] = self.read_audio(input_features, input_features_mask)
         if tokenizer is not None and kwargs.get("reading_ids") is not None:
-            end_token_ids = kwargs.get("eos_token_id", self.generation_config.eos_token_id)
-            if end_token_ids is None:
-                raise ValueError("keeping to the reading needs an end of turn: pass eos_token_id to generate")
-            constraint = ReadingConstraint(tokenizer, kwargs["reading_ids"], input_ids.shape[1], end_token_ids)
-            kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), constraint])
+            self.keep_to_reading(kwargs, input_ids.shape[1], tokenizer)
         generation_config = kwargs.get("generation_config", self.generation_config)
         one_row_per_clip = all(
             kwargs.get(key, getattr(generation_config, key)) in (None, 1)
@@ -897,6 +888,25 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             else:
                 kwargs.update(input_features=input_features, input_features_mask=input_features_mask)
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, tokenizer=tokenizer, **kwargs)
+
+    def cap_by_duration(self, generate_kwargs: dict, prompt_length: int, input_features_mask: torch.Tensor) -> None:
+        """Adds to `generate`'s keywords each clip's cap of new tokens, from its duration (`max_new_tokens_for`)."""
+        num_samples = input_features_mask.sum(-1).cpu() * HOP_LENGTH
+        caps = torch.tensor([self.config.max_new_tokens_for(int(n)) for n in num_samples])
+        generate_kwargs["max_new_tokens"] = int(caps.max())
+        generate_kwargs["stopping_criteria"] = StoppingCriteriaList(
+            [*generate_kwargs.get("stopping_criteria", []), AudioLengthStoppingCriteria(prompt_length, caps)]
+        )
+
+    def keep_to_reading(self, generate_kwargs: dict, prompt_length: int, tokenizer) -> None:
+        """Adds to `generate`'s keywords a `ReadingConstraint` to their `reading_ids`."""
+        end_token_ids = generate_kwargs.get("eos_token_id", self.generation_config.eos_token_id)
+        if end_token_ids is None:
+            raise ValueError("keeping to the reading needs an end of turn: pass eos_token_id to generate")
+        constraint = ReadingConstraint(tokenizer, generate_kwargs["reading_ids"], prompt_length, end_token_ids)
+        generate_kwargs["logits_processor"] = LogitsProcessorList(
+            [*generate_kwargs.get("logits_processor", []), constraint]
+        )
 
 
 ASRConfig.register_for_auto_class()
