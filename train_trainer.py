@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import huggingface_hub
 import torch
 import yaml
 from datasets import Dataset
@@ -250,13 +251,19 @@ class DataArguments:
 
 
 class TimeBudget(TrainerCallback):
-    """Stops training (then saves and evaluates as usual) once a wall-clock budget is spent."""
+    """Stops training (then saves and evaluates as usual) once a wall-clock budget is spent. Under torchrun every
+    rank stops at the step where the first one runs out: a rank that went on alone would wait on the others forever."""
 
     def __init__(self, minutes: float):
         self.deadline = time.monotonic() + 60 * minutes
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() > self.deadline:
+        spent = time.monotonic() > self.deadline
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor(int(spent), device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            spent = bool(flag.item())
+        if spent:
             logger.info(f"time budget spent after {state.global_step} steps; stopping")
             control.should_training_stop = True
         return control
@@ -265,14 +272,14 @@ class TimeBudget(TrainerCallback):
 class HubPush(TrainerCallback):
     """`--push_to_hub`: every saved checkpoint goes through hub_push (assembled, verified, only needed files)."""
 
-    def __init__(self, repo_id: str, private: bool):
-        self.repo_id, self.private = repo_id, private
+    def __init__(self, push_kwargs: dict):
+        self.push_kwargs = push_kwargs
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             hub_push.push_to_hub(
-                checkpoint, self.repo_id, private=self.private, commit_message=f"checkpoint at step {state.global_step}"
+                checkpoint, **self.push_kwargs, commit_message=f"checkpoint at step {state.global_step}"
             )
 
 
@@ -288,9 +295,11 @@ class ASRTrainer(Trainer):
         encoder_learning_rate_scale: float = 1.0,
         ctc_warmup: CTCWarmup | None = None,
         ctc_auxiliary_weight: float = 0.0,
+        eval_data_collator=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
         self.wer_examples = wer_examples
         self.encoder_learning_rate_scale = encoder_learning_rate_scale
         self.ctc_warmup, self.ctc_auxiliary_weight = ctc_warmup, ctc_auxiliary_weight
@@ -313,7 +322,11 @@ class ASRTrainer(Trainer):
             hook.remove()
         projected, lengths = captured["audio"]
         targets = self.ctc_warmup.targets_from_labels(inputs["labels"])
-        loss = loss + self.ctc_auxiliary_weight * self.ctc_warmup.loss(projected, lengths, targets)
+        ctc_loss = self.ctc_warmup.loss(projected, lengths, targets)
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # the LLM loss is already divided over the accumulated batches, so the Trainer will not divide this sum
+            ctc_loss = ctc_loss / self.current_gradient_accumulation_steps
+        loss = loss + self.ctc_auxiliary_weight * ctc_loss
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
@@ -337,6 +350,17 @@ class ASRTrainer(Trainer):
                 **kwargs,
             )
         return super().create_optimizer(model)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation batches from `eval_data_collator` when given: no SpecAugment, and no teacher readings, which
+        would hand the LLM each reference transcript."""
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        training_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = training_collator
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix) if self.eval_dataset else {}
@@ -433,6 +457,7 @@ def load_split(
         data_args.dataset_name.split(","),
         [float(w) for w in data_args.dataset_weights.split(",")] if data_args.dataset_weights else None,
         seed,
+        interleave=split == data_args.train_split_name,
         config=data_args.dataset_config_name,
         split=split,
         audio_column=data_args.audio_column_name,
@@ -461,30 +486,44 @@ def trained_parameters(model: ASRModel) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if model.is_trained_weight(name))
 
 
-def hub_repo_to_push(training_args: TrainingArguments) -> str | None:
-    """The `--hub_model_id` to push to, or None; the Trainer's own upload is turned off, since pushes go through
-    hub_push (an assembled, verified folder instead of everything in the output folder)."""
-    hub_repo = training_args.hub_model_id if training_args.push_to_hub else None
-    if training_args.push_to_hub and not hub_repo:
+def hub_push_kwargs(training_args: TrainingArguments) -> dict | None:
+    """With `--push_to_hub`, the `hub_push.push_to_hub` keywords of `--hub_model_id`, `--hub_private_repo`,
+    `--hub_token` and `--hub_revision`, checked before training (a missing token would otherwise end the run at its
+    first save); else None. The Trainer's own upload is turned off, since pushes go through hub_push (an assembled,
+    verified folder instead of everything in the output folder)."""
+    if not training_args.push_to_hub:
+        return None
+    if not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id OWNER/NAME")
+    if not (training_args.hub_token or huggingface_hub.get_token()):
+        raise ValueError(f"--push_to_hub: {hub_push.NO_TOKEN}, or pass --hub_token")
     training_args.push_to_hub = False
-    return hub_repo
+    return {
+        "repo_id": training_args.hub_model_id,
+        "private": bool(training_args.hub_private_repo),
+        "token": training_args.hub_token,
+        "revision": training_args.hub_revision,
+    }
 
 
-def load_data(data_args: DataArguments, training_args: TrainingArguments):
-    """(training data, its skip counter, evaluation data or None); a stream is sharded across ranks."""
-    train_data, train_counter = load_split(
-        data_args,
-        data_args.train_split_name,
-        training_args.seed,
-        data_args.max_train_samples,
-        data_args.streaming,
-        training_args.process_index,
-        training_args.world_size,
-    )
+def load_data(data_args: DataArguments, training_args: TrainingArguments, training: bool = True):
+    """(training data and its skip counter, or None and None when not `training`; evaluation data or None); a
+    stream is sharded across ranks."""
+    if not training and not data_args.eval_split_name:
+        raise ValueError("--eval_only needs an --eval_split_name to evaluate on")
+    train_data = train_counter = eval_data = None
+    if training:
+        train_data, train_counter = load_split(
+            data_args,
+            data_args.train_split_name,
+            training_args.seed,
+            data_args.max_train_samples,
+            data_args.streaming,
+            training_args.process_index,
+            training_args.world_size,
+        )
     if data_args.streaming and training_args.world_size > 1:
         training_args.accelerator_config.dispatch_batches = False  # ranks read their own shards
-    eval_data = None
     if data_args.eval_split_name:
         eval_data, _ = load_split(
             data_args, data_args.eval_split_name, training_args.seed, data_args.max_eval_samples, data_args.streaming
@@ -557,7 +596,7 @@ def evaluate_and_save(trainer: ASRTrainer) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model_args, recipe, data_args, training_args, preset = parse_args(argv)
-    hub_repo = hub_repo_to_push(training_args)
+    push_kwargs = hub_push_kwargs(training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
 
@@ -570,18 +609,20 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(f"trained parameters: {trained_parameters(model):,}")
     if not (training_args.deepspeed or training_args.fsdp):
         model.to(training_args.device)  # where the Trainer would put it, already for the encoder cache and stage 0
-    train_data, train_counter, eval_data = load_data(data_args, training_args)
+    training = not recipe.eval_only
+    train_data, train_counter, eval_data = load_data(data_args, training_args, training)
     wer_examples = list(eval_data.select(range(min(len(eval_data), data_args.max_wer_samples)))) if eval_data else None
-    train_data, encoder_cache = prepare_train_data(
-        model, processor, train_data, train_counter, recipe, data_args, training_args
-    )
 
-    stages, warmup = [], None
-    if recipe.ctc_warmup_steps and not training_args.resume_from_checkpoint:
-        stage, warmup = run_ctc_warmup(
-            model, processor, train_data, encoder_cache, recipe, data_args, training_args.seed, wer_examples
+    encoder_cache, stages, warmup = None, [], None
+    if training:
+        train_data, encoder_cache = prepare_train_data(
+            model, processor, train_data, train_counter, recipe, data_args, training_args
         )
-        stages.append(stage)
+        if recipe.ctc_warmup_steps and not training_args.resume_from_checkpoint:
+            stage, warmup = run_ctc_warmup(
+                model, processor, train_data, encoder_cache, recipe, data_args, training_args.seed, wer_examples
+            )
+            stages.append(stage)
     if model_args.freeze_projector or reads_tokens:
         for parameter in audio_parameters(model):
             parameter.requires_grad_(False)
@@ -597,19 +638,20 @@ def main(argv: list[str] | None = None) -> dict:
             training_args.seed,
             reads_tokens and recipe.teacher_readings,
         ),
+        eval_data_collator=ASRCollator(processor),
         processing_class=processor,
         wer_examples=wer_examples,
         encoder_learning_rate_scale=recipe.encoder_learning_rate_scale,
         ctc_warmup=warmup if recipe.ctc_auxiliary_weight else None,  # else its optimizer state need not stay alive
-        ctc_auxiliary_weight=recipe.ctc_auxiliary_weight,
+        ctc_auxiliary_weight=recipe.ctc_auxiliary_weight if training else 0.0,
     )
     if recipe.max_train_minutes:
         trainer.add_callback(TimeBudget(recipe.max_train_minutes))
-    if hub_repo:
-        trainer.add_callback(HubPush(hub_repo, bool(training_args.hub_private_repo)))
+    if push_kwargs:
+        trainer.add_callback(HubPush(push_kwargs))
 
     metrics = {}
-    if not recipe.eval_only:
+    if training:
         stage, train_metrics = train_llm(trainer, training_args.resume_from_checkpoint)
         stages.append(stage)
         metrics.update(train_metrics)
@@ -628,8 +670,8 @@ def main(argv: list[str] | None = None) -> dict:
             stages,
             metrics,
         )
-        if hub_repo:
-            hub_push.push_to_hub(training_args.output_dir, hub_repo, private=bool(training_args.hub_private_repo))
+        if push_kwargs:
+            hub_push.push_to_hub(training_args.output_dir, **push_kwargs)
     return metrics
 
 
@@ -648,7 +690,9 @@ def write_run_record(
         "trained_parameters": trained_parameters(model),
         "stages": stages,
         "data": {
-            "train": {
+            "train": None
+            if train_counter is None
+            else {
                 "dataset": data_args.dataset_name,
                 "config": data_args.dataset_config_name,
                 "split": data_args.train_split_name,

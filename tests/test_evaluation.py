@@ -178,6 +178,25 @@ def test_the_condition_breakdown_scores_each_engine_voice_and_augmentation_apart
         clip_conditions(corpus / "test", "test")
 
 
+def test_a_dataset_split_is_scored_whole_long_clips_included(manifest_folder, tmp_path):
+    """The pipeline cuts clips longer than 30 s into pieces, so scoring a split must not drop them."""
+    split = tmp_path / "corpus" / "test"
+    split.mkdir(parents=True)
+    for name in ("one.wav", "long.ogg"):
+        shutil.copy(manifest_folder / name, split)
+    (split / "metadata.csv").write_text("file_name,text\none.wav,Red cat.\nlong.ogg,a long clip of noise\n")
+    args = evaluation.argparse.Namespace(
+        manifest=None,
+        dataset_name=str(tmp_path / "corpus"),
+        dataset_config_name=None,
+        split="test",
+        audio_column_name="audio",
+        text_column_name="text",
+        max_samples=None,
+    )
+    assert [example["text"] for example in evaluation.read_examples(args)] == ["Red cat.", "a long clip of noise"]
+
+
 def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluation, "non_speech_clips", lambda: synthetic_non_speech_clips(seconds=1.0))
     folder = tmp_path / "speech"

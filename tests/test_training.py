@@ -199,6 +199,20 @@ def test_skip_counter_refuses_a_broken_stream_early():
             counter.record("undecodable")
 
 
+def test_a_short_stream_with_too_much_bad_data_is_a_clear_error(tmp_path, messy_folder):
+    """Fewer clips than the counter's `min_examples`: the stream is checked at its end."""
+    folder = tmp_path / "short"
+    shutil.copytree(messy_folder, folder)
+    rows = (folder / "train" / "metadata.csv").read_text().splitlines()
+    (folder / "train" / "metadata.csv").write_text("\n".join(rows[:11] + rows[-4:]) + "\n")  # 10 good, 4 bad
+    with pytest.raises(ValueError, match=r"4 of 14 examples are unusable"):
+        run(
+            tmp_path / "run",
+            *("--dataset_name", str(folder), "--streaming", "true", "--eval_split_name", ""),
+            *("--max_steps", "2", "--per_device_train_batch_size", "4", "--max_duration_in_seconds", "10"),
+        )
+
+
 def test_streamed_data_trains_and_is_evaluated_on_the_first_clips_of_its_streamed_eval_split(
     tmp_path, messy_folder, monkeypatch
 ):
@@ -257,6 +271,54 @@ def test_a_stream_decoded_in_dataloader_workers_is_counted_in_the_run_record(tmp
     counts = json.loads((tmp_path / "training_run.json").read_text())["data"]["train"]
     assert counts["seen"] == 24 and counts["kept"] == 20
     assert counts["skipped"] == {"undecodable": 1, "empty_transcript": 1, "non_finite": 1, "too_long": 1}
+
+
+def record_collator_calls(monkeypatch) -> list[tuple[bool, bool]]:
+    """(SpecAugment on, reading_ids in the batch) of every batch that an ASRCollator makes."""
+    calls, collate = [], ASRCollator.__call__
+
+    def recording(self, examples):
+        batch = collate(self, examples)
+        calls.append((self.spec_augment, "reading_ids" in batch))
+        return batch
+
+    monkeypatch.setattr(ASRCollator, "__call__", recording)
+    return calls
+
+
+def test_eval_only_evaluates_without_training_or_augmenting(tmp_path, monkeypatch):
+    calls = record_collator_calls(monkeypatch)
+    metrics = run(tmp_path, "--eval_only", "true", "--ctc_warmup_steps", "20", "--spec_augment", "true")
+    record = json.loads((tmp_path / "training_run.json").read_text())
+    assert record["stages"] == [] and record["data"]["train"] is None and "eval_loss" in metrics
+    assert calls and not any(spec_augmented for spec_augmented, _ in calls)
+    with pytest.raises(ValueError, match="--eval_only needs an --eval_split_name"):
+        run(tmp_path, "--eval_only", "true", "--eval_split_name", "")
+
+
+def test_evaluation_batches_give_the_llm_what_the_model_hears_not_the_transcript(tmp_path, monkeypatch):
+    calls = record_collator_calls(monkeypatch)
+    run(
+        tmp_path,
+        *("--projector_output", "ctc_tokens", "--lora_rank", "4", "--ctc_warmup_steps", "10"),
+        *("--max_steps", "2", "--max_eval_samples", "8", "--max_wer_samples", "0", "--spec_augment", "true"),
+    )
+    training, evaluation = calls[:-1], calls[-1:]  # 8 eval clips: one batch, the last
+    assert all(call == (True, True) for call in training) and evaluation == [(False, False)]
+
+
+def test_mixed_datasets_are_interleaved_for_training_and_read_once_each_for_evaluation(tmp_path, messy_folder):
+    small = tmp_path / "small"
+    shutil.copytree(messy_folder, small)
+    rows = (small / "train" / "metadata.csv").read_text().splitlines()
+    (small / "train" / "metadata.csv").write_text("\n".join(rows[:3]) + "\n")
+    names, kwargs = [str(messy_folder), str(small)], {"split": "train", "config": None, "streaming": False}
+    kwargs |= {"audio_column": "audio", "text_column": "text"}
+    evaluation = open_mixture(names, [0.1, 0.9], 0, interleave=False, **kwargs)
+    assert len(evaluation) == 24 + 2
+    assert len(open_mixture(names, [0.1, 0.9], 0, **kwargs)) > 100  # the small one repeated until both are used up
+    with pytest.raises(ValueError, match="one value per dataset"):
+        open_mixture(names[:1], [0.9, 0.1], 0, **kwargs)
 
 
 def test_a_folder_without_split_folders_is_its_train_split_alone(tmp_path):
@@ -407,6 +469,16 @@ def test_ctc_auxiliary_loss_adds_the_weighted_ctc_loss_of_the_llm_batch(tmp_path
         ctc = warmup.loss(projected, lengths, warmup.targets)
     assert ctc > 0
     torch.testing.assert_close(losses[0.5], losses[0.0] + 0.5 * ctc)
+    # accumulating 4 batches, the Trainer sums their losses, each normalised by the tokens of all 4: so is the CTC term
+    accumulated, tokens = {}, int((batch["labels"][:, 1:] != -100).sum()) * 4
+    for weight in (0.0, 0.5):
+        trainer = ASRTrainer(
+            model=model, args=args, processing_class=processor, ctc_warmup=warmup, ctc_auxiliary_weight=weight
+        )
+        trainer.current_gradient_accumulation_steps = 4
+        with torch.no_grad():
+            accumulated[weight] = trainer.compute_loss(model, dict(batch), num_items_in_batch=tokens)
+    torch.testing.assert_close(accumulated[0.5], accumulated[0.0] + 0.5 * ctc / 4)
     assert not any(p.requires_grad for p in warmup.head.parameters())  # stage 0's head is the fixed reference
     with pytest.raises(ValueError, match="ctc_warmup_steps"):
         ASRTrainer(model=model, args=args, processing_class=processor, ctc_auxiliary_weight=0.5)
@@ -622,29 +694,29 @@ def test_push_to_hub_publishes_checkpoints_through_hub_push(tmp_path, monkeypatc
     import hub_push
 
     pushed = []
-    monkeypatch.setattr(
-        hub_push, "push_to_hub", lambda folder, repo_id, **kwargs: pushed.append((Path(folder), repo_id))
-    )
+
+    def record_push(folder, repo_id, private, token, revision, **kwargs):
+        pushed.append((Path(folder), repo_id, private, token, revision))
+
+    monkeypatch.setattr(hub_push, "push_to_hub", record_push)
     run(
         tmp_path,
-        "--max_steps",
-        "4",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        "2",
-        "--eval_split_name",
-        "",
-        "--push_to_hub",
-        "--hub_model_id",
-        "me/tiny-audio-test",
+        *("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_split_name", ""),
+        *("--push_to_hub", "--hub_model_id", "me/tiny-audio-test", "--hub_private_repo", "true"),
+        *("--hub_token", "hf_test", "--hub_revision", "dev"),
     )
-    assert pushed == [
-        (tmp_path / "checkpoint-2", "me/tiny-audio-test"),
-        (tmp_path / "checkpoint-4", "me/tiny-audio-test"),
-        (tmp_path, "me/tiny-audio-test"),
-    ]
+    target = ("me/tiny-audio-test", True, "hf_test", "dev")
+    assert pushed == [(tmp_path / "checkpoint-2", *target), (tmp_path / "checkpoint-4", *target), (tmp_path, *target)]
     assert not (tmp_path / "checkpoint-4" / "README.md").exists()  # the Trainer's own upload path was not used
+
+
+def test_push_to_hub_without_a_token_fails_before_training(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(ValueError, match="no Hugging Face token found"):
+        run(tmp_path, "--push_to_hub", "--hub_model_id", "me/tiny-audio-test")
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
@@ -695,3 +767,30 @@ def test_two_process_torchrun_on_cpu(tmp_path):
     assert min(map(len, seen)) >= 3 * 8 and seen[0] != seen[1]  # (the loader may fetch one batch ahead)
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-3"]
     assert (output / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_time_budget_stops_every_torchrun_rank_at_the_same_step(tmp_path):
+    """Rank 0's budget is spent from the start and rank 1's never: both stop after the first step and the run ends
+    (a rank going on alone would wait forever for the other's gradients)."""
+    wrapper = tmp_path / "train_skewed.py"
+    wrapper.write_text(
+        textwrap.dedent(f"""
+        import math, os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        import train_trainer
+        start = train_trainer.TimeBudget.__init__
+        def skewed(self, minutes):
+            start(self, minutes)
+            self.deadline = -math.inf if os.environ["RANK"] == "0" else math.inf
+        train_trainer.TimeBudget.__init__ = skewed
+        train_trainer.main(sys.argv[1:])
+    """)
+    )
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper)]
+    command += ["--preset", "tiny-random", "--max_steps", "5", "--max_train_minutes", "10", "--output_dir", str(output)]
+    command += ["--eval_split_name", "", "--ddp_backend", "gloo"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((output / "trainer_state.json").read_text())["global_step"] == 1

@@ -145,18 +145,22 @@ def open_dataset(name: str, config: str | None, split: str, audio_column: str, t
     return dataset.rename_column(text_column, "text") if text_column != "text" else dataset
 
 
-def open_mixture(names: list[str], weights: list[float] | None, seed: int, **kwargs):
-    """Several datasets interleaved with sampling weights (all with the same column names)."""
+def open_mixture(names: list[str], weights: list[float] | None, seed: int, interleave: bool = True, **kwargs):
+    """Several datasets (all with the same column names) interleaved with sampling weights, the smaller ones
+    repeated until every one is used up, for training; or, with `interleave=False`, one after the other, each clip
+    once, for evaluation."""
+    if weights is not None and len(weights) != len(names):
+        raise ValueError(f"--dataset_weights needs one value per dataset ({len(names)}), got {len(weights)}")
     datasets = [open_dataset(name, **kwargs) for name in names]
     if len(datasets) == 1:
         return datasets[0]
-    if weights is not None and len(weights) != len(names):
-        raise ValueError(f"--dataset_weights needs {len(names)} values, got {len(weights)}")
+    if not interleave:
+        return concatenate_datasets(datasets)
     probabilities = [w / sum(weights) for w in weights] if weights else None
     return interleave_datasets(datasets, probabilities, seed=seed, stopping_strategy="all_exhausted")
 
 
-def decode_example(example: dict, index: int, max_seconds: float) -> tuple[np.ndarray | None, str | None]:
+def decode_example(example: dict, index: int, max_seconds: float | None) -> tuple[np.ndarray | None, str | None]:
     """Decoded 16 kHz samples of an example, or None and the reason it is skipped."""
     if not isinstance(example.get("text"), str) or not example["text"].strip():
         return None, "empty_transcript"
@@ -170,7 +174,7 @@ def decode_example(example: dict, index: int, max_seconds: float) -> tuple[np.nd
     return samples, None
 
 
-def scan(dataset, counter: SkipCounter, max_seconds: float, max_samples: int | None = None) -> Dataset:
+def scan(dataset, counter: SkipCounter, max_seconds: float | None, max_samples: int | None = None) -> Dataset:
     """Decodes a finite dataset once: keeps usable examples with their duration (`length`), counts the rest."""
     kept = []
     total = min(len(dataset), max_samples) if max_samples else len(dataset)
@@ -257,6 +261,8 @@ class DecodedStream(torch.utils.data.IterableDataset):
             if len(buffer) >= self.buffer_size:
                 yield from self._flush(buffer, rng)
                 buffer = []
+        if torch.utils.data.get_worker_info() is None:  # (a worker's counts may hold only part of the stream)
+            self.counter.check()  # the whole stream read: a short one may never have reached `min_examples`
         yield from self._flush(buffer, rng)
 
 
