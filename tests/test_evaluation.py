@@ -311,12 +311,15 @@ def test_the_demo_scores_synthetic_and_real_speech_and_non_speech(tiny_random, m
     assert without_real["test_wer"] == summary["test_wer"]
 
 
-def test_the_demo_gives_stage_0_the_same_passes_over_any_number_of_clips():
+def test_the_demo_gives_stage_0_the_same_passes_over_any_number_of_clips(tmp_path):
     """`make demo TRAIN_CLIPS=N` trains stage 0 as the default does, in proportion: the preset's steps for the default
-    corpus, twice as many for twice the clips."""
+    corpus, twice as many for twice the clips, and the passes over the clips a smaller corpus holds."""
     import train_trainer
     from tiny_audio import demo, speech_corpus
 
     default_clips = inspect.signature(speech_corpus.build_corpus).parameters["num_train"].default
     assert demo.ctc_steps_for(default_clips) == train_trainer.TRAINING_PRESETS["tiny"]["ctc_warmup_steps"]
     assert demo.ctc_steps_for(2 * default_clips) == 2 * demo.ctc_steps_for(default_clips)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "metadata.csv").write_text('file_name,text\na.flac,"one,\ntwo"\nb.flac,three\n')
+    assert demo.training_clips(str(tmp_path), default_clips) == 2 and demo.training_clips(str(tmp_path), 1) == 1

@@ -11,6 +11,7 @@ and writes all three to `demo_results.json` in the model folder.
 """
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
@@ -37,6 +38,15 @@ CTC_PASSES = 4
 def ctc_steps_for(train_samples: int) -> int:
     """Stage 0's steps for `CTC_PASSES` passes over `train_samples` clips in the `tiny` preset's CTC batches."""
     return round(CTC_PASSES * train_samples / train_trainer.TRAINING_PRESETS["tiny"]["ctc_batch_size"])
+
+
+def training_clips(corpus: str, train_samples: int) -> int:
+    """The clips that training reads: `train_samples`, or all of the corpus's training split where it holds fewer."""
+    metadata = Path(corpus) / "train" / "metadata.csv"
+    if not metadata.is_file():
+        return train_samples  # train_trainer.py says what is wrong with the corpus
+    with metadata.open(newline="") as rows:
+        return min(train_samples, sum(1 for _ in csv.DictReader(rows)))
 
 
 def score_demo_model(asr, test, real_speech: Path | None, conditions: dict | None = None) -> dict:
@@ -90,7 +100,7 @@ def train(args: argparse.Namespace, train_flags: list[str]) -> None:
             "--max_train_samples",
             str(args.train_samples),
             "--ctc_warmup_steps",
-            str(args.ctc_steps or ctc_steps_for(args.train_samples)),
+            str(args.ctc_steps or ctc_steps_for(training_clips(args.corpus, args.train_samples))),
             *train_flags,
         ]
     )
