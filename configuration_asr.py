@@ -17,17 +17,18 @@ logger = logging.get_logger(__name__)
 
 SAMPLING_RATE = 16_000
 HOP_LENGTH = 160  # Whisper's mel hop: 100 feature frames per second
+N_FFT = 400  # Whisper's STFT window
 MAX_FEATURE_FRAMES = 3000  # Whisper's position table covers 30 s
 MAX_CHUNK_SECONDS = MAX_FEATURE_FRAMES * HOP_LENGTH / SAMPLING_RATE
 MIN_CHUNK_SECONDS = 1.0  # shorter pieces cut words apart (and a piece needs room for a quiet point to cut at)
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")  # the LLM's attention queries and values
 # Loop guard defaults: an n-gram of up to LOOP_MAX_PERIOD tokens counts as a loop once it repeats LOOP_MIN_REPEATS
-# times in a row and the copies span at least LOOP_MIN_TOKENS tokens, so "very very" or "no no no" stay, and "the best
-# of the best of the best" stops. A period as long as a sentence also stops a model that copies a reading and jumps
-# back to an earlier sentence.
+# times in a row and the copies span at least LOOP_MIN_TOKENS tokens, so "very very" or "no, no, no, no, no" stay, and
+# "the best of the best of ..." stops after six copies. A period as long as a sentence also stops a model that copies
+# a reading and jumps back to an earlier sentence.
 LOOP_MAX_PERIOD = 32
 LOOP_MIN_REPEATS = 3
-LOOP_MIN_TOKENS = 8
+LOOP_MIN_TOKENS = 16
 
 
 def check_chunk_length(chunk_length_s: float) -> None:
@@ -170,8 +171,8 @@ class ASRConfig(PreTrainedConfig):
         chunk_length_s (`float`): the pipeline splits longer audio into pieces of at most this many seconds (at quiet
             points); a model trained on short clips transcribes pieces of about that length best. At most 30.
         loop_max_period / loop_min_repeats / loop_min_tokens (`int`): the pipeline's loop guard stops a transcript
-            once a run of at most `loop_max_period` tokens repeats `loop_min_repeats` times in a row over at least
-            `loop_min_tokens` tokens, and keeps one copy.
+            once a run of at most `loop_max_period` tokens, with a letter in it, repeats `loop_min_repeats` times in a
+            row over at least `loop_min_tokens` tokens, and keeps one copy.
         lora_rank / lora_alpha / lora_dropout / lora_target_modules: optional LoRA adapters on the LLM (rank 0: none).
         trained_encoder_layers (`int`): the top N Whisper encoder layers (and its final layer norm) train too, to adapt
             the encoder to a new kind of speech; the layers below stay frozen (and cacheable).

@@ -65,6 +65,7 @@ except ImportError:
 logger = logging.get_logger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
+PIPELINE_FILE = "pipeline_asr.py"
 # cuDNN's attention builds a new graph for every sequence length it has not seen, and real clip lengths change with
 # every batch, so planning would cost more than the attention itself. The other backends do not plan.
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -601,7 +602,16 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
 
     def load_trained_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Loads the trained weights (projector, LoRA adapters, trained encoder layers), refusing a checkpoint that
-        lacks any of them."""
+        lacks any of them, and a model that holds any of them on the meta device, where loading silently does
+        nothing: a `device_map` that offloads base modules (`max_memory`, `offload_folder`) leaves the adapters added
+        to them there."""
+        on_meta = [key for key, value in self.state_dict().items() if value.is_meta and self.is_trained_weight(key)]
+        if on_meta:
+            raise ValueError(
+                f"{len(on_meta)} trained weights ({', '.join(on_meta[:3])}, ...) lie on the meta device, offloaded "
+                "with the base modules they belong to, and cannot be loaded there; give the device_map room for the "
+                "whole model (no offloading to CPU or disk)"
+            )
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
         missing_trained = [key for key in missing if self.is_trained_weight(key)]
         if missing_trained or unexpected:
@@ -613,8 +623,9 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
         """Saves config, code and weights: only trained weights when the base models can be fetched again.
 
-        transformers copies this file and what it imports; the pipeline that `custom_pipelines` names is copied from
-        beside this file, so that loading the model alone needs none of the pipeline's audio packages."""
+        transformers copies this file and what it imports; the pipeline that `custom_pipelines` names is not imported,
+        so that loading the model alone needs none of the pipeline's audio packages, and is copied from
+        `pipeline_source`."""
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
             "AutoModelForSpeechSeq2Seq": "modeling_asr.ASRModel",
@@ -631,9 +642,23 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             state_dict = state_dict if state_dict is not None else self.state_dict()
             state_dict = {key: value for key, value in state_dict.items() if self.is_trained_weight(key)}
         super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-        pipeline_file = Path(__file__).with_name("pipeline_asr.py")
-        if pipeline_file.is_file():
-            shutil.copy(pipeline_file, Path(save_directory) / pipeline_file.name)
+        pipeline_file = self.pipeline_source()
+        if pipeline_file is None:
+            logger.warning(f"{PIPELINE_FILE} not found; {save_directory} will load with AutoModel but not pipeline()")
+        else:
+            shutil.copy(pipeline_file, Path(save_directory) / PIPELINE_FILE)
+
+    def pipeline_source(self) -> str | Path | None:
+        """The model's `pipeline_asr.py`: beside this file, else in the folder or Hub repo the model was loaded from.
+        Loaded with `trust_remote_code`, this file runs from a cache that holds the model's own modules only, in a
+        folder named after the Hub commit they came from."""
+        beside = Path(__file__).with_name(PIPELINE_FILE)
+        if beside.is_file():
+            return beside
+        try:  # a local folder ignores the revision
+            return cached_file(self.config.name_or_path, PIPELINE_FILE, revision=Path(__file__).parent.name)
+        except OSError:  # offline without it, no such repo or commit, or a model built here from copied code
+            return None
 
     # ----------------------------------------------------------------- modules
 
@@ -857,13 +882,13 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
         **kwargs,
     ):
         """Greedy decoding (beam search with `num_beams`) with the KV cache; each clip's new tokens are capped by its
-        duration unless `max_new_tokens` is given. Returns prompt + generated ids, like any decoder-only `generate`.
-        On CPU an LLM at least `clip_by_clip_min_width` wide prefills a greedy batch clip by clip, and float32 linear
-        layers run through oneDNN (both in `cpu_inference_asr.py`).
+        duration unless the caller sets a length (`sets_length`). Returns prompt + generated ids, like any
+        decoder-only `generate`. On CPU an LLM at least `clip_by_clip_min_width` wide prefills a greedy batch clip by
+        clip, and float32 linear layers run through oneDNN (both in `cpu_inference_asr.py`).
 
         With a `TokenReadout`, each clip is read once (`read_audio`, or the `reading_ids` given) and, given the
         `tokenizer`, a `ReadingConstraint` keeps the transcript to the reading's words."""
-        if input_features_mask is not None and "max_new_tokens" not in kwargs:
+        if input_features_mask is not None and not self.sets_length(kwargs):
             self.cap_by_duration(kwargs, input_ids.shape[1], input_features_mask)
         if self.projector.readout is not None and input_features is not None and kwargs.get("reading_ids") is None:
             kwargs["reading_ids"] = self.read_audio(input_features, input_features_mask)
@@ -888,6 +913,16 @@ class ASRModel(ASRPreTrainedModel, GenerationMixin):
             else:
                 kwargs.update(input_features=input_features, input_features_mask=input_features_mask)
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, tokenizer=tokenizer, **kwargs)
+
+    def sets_length(self, generate_kwargs: dict) -> bool:
+        """Whether `generate`'s keywords, the `generation_config` among them, or the model's own generation config
+        set `max_new_tokens` or `max_length`: a choice the duration cap must not override. Unset, both are None
+        (`generate` fills in transformers' default length only later, as it does when telling the two apart)."""
+        configs = (generate_kwargs.get("generation_config"), self.generation_config)
+        return any(
+            generate_kwargs.get(key) is not None or any(getattr(config, key, None) is not None for config in configs)
+            for key in ("max_new_tokens", "max_length")
+        )
 
     def cap_by_duration(self, generate_kwargs: dict, prompt_length: int, input_features_mask: torch.Tensor) -> None:
         """Adds to `generate`'s keywords each clip's cap of new tokens, from its duration (`max_new_tokens_for`)."""

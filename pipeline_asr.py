@@ -1,5 +1,6 @@
 """`automatic-speech-recognition` pipeline of the Tiny Audio speech-LLM: any audio in, text (and timestamps) out."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,9 @@ class LoopGuard(StoppingCriteria):
     copy of it. A confused model otherwise repeats a phrase until the duration cap ("the best of the best of ...").
 
     An n-gram of `period` tokens (1 to `max_period`) is a loop once it repeats `repeats(period)` times: at least
-    `min_repeats`, and enough copies to span `min_tokens` tokens, so short legitimate repeats ("no no no") survive.
-    Each row is judged on its own tokens only, so batching changes nothing.
+    `min_repeats`, and enough copies to span `min_tokens` tokens, so short legitimate repeats ("no, no, no, no, no")
+    survive. Given the `tokenizer`, an n-gram without a letter is never a loop: numbers repeat their digits and
+    separators ("1,000,000,000"). Each row is judged on its own tokens only, so batching changes nothing.
     """
 
     def __init__(
@@ -122,30 +124,42 @@ class LoopGuard(StoppingCriteria):
         max_period: int = LOOP_MAX_PERIOD,
         min_repeats: int = LOOP_MIN_REPEATS,
         min_tokens: int = LOOP_MIN_TOKENS,
+        tokenizer=None,
     ):
         if max_period < 1 or min_repeats < 2:
             raise ValueError(f"loop guard needs max_period >= 1 and min_repeats >= 2, got {max_period}, {min_repeats}")
         self.prompt_length = prompt_length
         self.max_period, self.min_repeats, self.min_tokens = max_period, min_repeats, min_tokens
+        self.tokenizer = tokenizer
 
     @classmethod
-    def from_config(cls, prompt_length: int, config) -> "LoopGuard":
+    def from_config(cls, prompt_length: int, config, tokenizer=None) -> "LoopGuard":
         """The guard with an `ASRConfig`'s `loop_max_period`, `loop_min_repeats` and `loop_min_tokens`."""
-        return cls(prompt_length, config.loop_max_period, config.loop_min_repeats, config.loop_min_tokens)
+        return cls(prompt_length, config.loop_max_period, config.loop_min_repeats, config.loop_min_tokens, tokenizer)
 
     def repeats(self, period: int) -> int:
         """Copies of a `period`-token n-gram that make a loop."""
         return max(self.min_repeats, -(-self.min_tokens // period))
 
+    def can_loop(self, ngram: list[int]) -> bool:
+        """Whether repeating `ngram` can be a loop: it holds a letter (any n-gram, without a tokenizer)."""
+        return self.tokenizer is None or any(character.isalpha() for character in self.tokenizer.decode(ngram))
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         new_tokens = input_ids[:, self.prompt_length :]
-        looping = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for period in range(1, self.max_period + 1):
-            span = period * self.repeats(period)
-            if new_tokens.shape[1] >= span:
-                tail = new_tokens[:, -span:]
-                looping |= (tail[:, period:] == tail[:, :-period]).all(dim=1)
-        return looping
+        periods = [p for p in range(1, self.max_period + 1) if new_tokens.shape[1] >= p * self.repeats(p)]
+        looping = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        if periods:
+            # (rows, periods), read back once per step; the text of an n-gram is decoded only where it repeats
+            repeated = torch.stack([self.ends_in_copies(new_tokens, period) for period in periods], dim=1)
+            for row, index in repeated.nonzero().tolist():
+                looping[row] |= self.can_loop(new_tokens[row, -periods[index] :].tolist())
+        return looping.to(input_ids.device)
+
+    def ends_in_copies(self, tokens: torch.Tensor, period: int) -> torch.Tensor:
+        """Whether each row of `tokens` ends in `repeats(period)` copies of its last `period` tokens."""
+        tail = tokens[:, -period * self.repeats(period) :]
+        return (tail[:, period:] == tail[:, :-period]).all(dim=1)
 
     def trim(self, tokens: list[int]) -> list[int]:
         """`tokens` with a loop at their end (and any partial copy after it) cut back to its first copy."""
@@ -154,7 +168,8 @@ class LoopGuard(StoppingCriteria):
             run = 0  # trailing tokens equal to the token `period` places before them
             while run < len(tokens) - period and tokens[-1 - run] == tokens[-1 - run - period]:
                 run += 1
-            if run + period >= period * self.repeats(period):
+            first_copy = tokens[len(tokens) - run - period : len(tokens) - run]
+            if run + period >= period * self.repeats(period) and self.can_loop(first_copy):
                 cut = min(cut, len(tokens) - run)
         return tokens[:cut]
 
@@ -203,6 +218,13 @@ class ASRPipeline(ChunkPipeline):
         """A streamer to pass as `streamer=` and iterate from another thread: the transcript's text as it is written,
         all pieces of long audio included; it ends when the call does."""
         return TranscriptStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Saves the model, its processor (transformers' pipeline saves a tokenizer only) and this file, so that
+        `pipeline()` loads the folder again."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory, **kwargs)
+        shutil.copy(__file__, Path(save_directory) / Path(__file__).name)
 
     def _sanitize_parameters(
         self,
@@ -269,19 +291,22 @@ class ASRPipeline(ChunkPipeline):
         audible = [index for index, silent in enumerate(items["silent"]) if not silent]
         if audible:
             inputs = self.processor(audio=[items["audio"][index] for index in audible]).to(self.device)
-            prompt_length = inputs["input_ids"].shape[1]
-            guard = LoopGuard.from_config(prompt_length, self.model.config) if loop_guard else None
+            prompt_length, tokenizer = inputs["input_ids"].shape[1], self.processor.tokenizer
+            guard = LoopGuard.from_config(prompt_length, self.model.config, tokenizer) if loop_guard else None
             if guard is not None:
                 generate_kwargs["stopping_criteria"] = StoppingCriteriaList(
                     [*generate_kwargs.get("stopping_criteria", []), guard]
                 )
-            end_of_turn, pad = self.processor.end_of_turn_token_id, self.processor.tokenizer.pad_token_id
             if follow_reading:
-                generate_kwargs["tokenizer"] = self.processor.tokenizer  # a TokenReadout model keeps to its reading
-            generated = self.model.generate(**inputs, eos_token_id=end_of_turn, pad_token_id=pad, **generate_kwargs)
+                generate_kwargs["tokenizer"] = tokenizer  # a TokenReadout model keeps to its reading
+            # the caller's end and padding tokens, if given, end the rows in place of the processor's
+            generate_kwargs.setdefault("eos_token_id", self.processor.end_of_turn_token_id)
+            generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+            ends = {*np.atleast_1d(generate_kwargs["eos_token_id"]).tolist(), generate_kwargs["pad_token_id"]}
+            generated = self.model.generate(**inputs, **generate_kwargs)
             rows = []
             for row in generated[:, prompt_length:].tolist():
-                row = row[: next((i for i, token in enumerate(row) if token in (end_of_turn, pad)), len(row))]
+                row = row[: next((i for i, token in enumerate(row) if token in ends), len(row))]
                 rows.append(guard.trim(row) if guard is not None else row)
             decoded = self.processor.batch_decode(rows, skip_special_tokens=True)
             for index, text in zip(audible, decoded):

@@ -17,6 +17,7 @@ try:
         DEFAULT_USER_PROMPT,
         HOP_LENGTH,
         MAX_CHUNK_SECONDS,
+        N_FFT,
         PROCESSOR_SETTINGS,
         SAMPLING_RATE,
         check_user_prompt,
@@ -29,6 +30,7 @@ except ImportError:
         DEFAULT_USER_PROMPT,
         HOP_LENGTH,
         MAX_CHUNK_SECONDS,
+        N_FFT,
         PROCESSOR_SETTINGS,
         SAMPLING_RATE,
         check_user_prompt,
@@ -67,15 +69,32 @@ MAX_CHANNELS = 8  # a 2-D array with more on both sides is not one multi-channel
 # float samples are expected in [-1, 1]; far beyond it they are integer PCM stored as floats, which Whisper's log-mel
 # features cannot read
 MAX_FLOAT_PEAK = 100.0
+# Whisper's features pad each edge of a clip with half a window of the clip's own samples, reflected
+MIN_SAMPLES = N_FFT // 2 + 1
+PCM_BITS = (16, 24, 32)  # the sample widths that signed PCM in a wider integer dtype is read as
+
+
+def pcm_to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float64 in [-1, 1], by the range of its dtype. Signed samples in a dtype wider than 16 bits
+    are often narrower PCM (a list of Python ints from int16 audio becomes int64), so they take the range of the
+    narrowest of `PCM_BITS` that holds their peak: scaled by their dtype's, they would be silent."""
+    info = np.iinfo(samples.dtype)
+    if samples.dtype.kind == "u":
+        offset = (info.max + 1) // 2
+        return (samples.astype(np.float64) - offset) / offset
+    bits = info.bits
+    if bits > 16:
+        peak = max(-int(samples.min(initial=0)), int(samples.max(initial=0)))
+        bits = next((width for width in PCM_BITS if peak <= 2 ** (width - 1)), bits)
+    return samples.astype(np.float64) / 2 ** (bits - 1)
 
 
 def to_mono_float32(samples: np.ndarray, name: str = "audio") -> np.ndarray:
-    """Int PCM -> float in [-1, 1]; (frames, channels) or (channels, frames) -> mono by averaging channels."""
+    """Int PCM -> float in [-1, 1] (`pcm_to_float`); (frames, channels) or (channels, frames) -> mono by averaging
+    channels."""
     samples = np.asarray(samples)
     if samples.dtype.kind in "iu":
-        info = np.iinfo(samples.dtype)
-        offset = (info.max + 1) // 2 if samples.dtype.kind == "u" else 0
-        samples = (samples.astype(np.float64) - offset) / (info.max - offset + 1)
+        samples = pcm_to_float(samples)
     elif samples.dtype.kind != "f":
         raise InvalidAudioError(f"{name}: expected numeric samples, got dtype {samples.dtype}", "unsupported")
     if samples.ndim == 2:
@@ -194,9 +213,11 @@ def checked_blocks(blocks, name: str = "audio"):
         yield block
     if total == 0:
         raise InvalidAudioError(f"{name} is empty", "empty")
-    if total < HOP_LENGTH:
+    if total < MIN_SAMPLES:
         raise InvalidAudioError(
-            f"{name} is too short: {total} samples, at least {HOP_LENGTH} (10 ms) needed", "too_short"
+            f"{name} is too short: {total} samples, at least {MIN_SAMPLES} "
+            f"({MIN_SAMPLES / SAMPLING_RATE * 1000:.1f} ms) needed",
+            "too_short",
         )
     if not audible:
         raise InvalidAudioError(f"{name} is silent (all samples are zero)", "silent")

@@ -64,6 +64,17 @@ def test_check_errors_carry_their_reason(samples, reason, message):
     assert error.value.reason == reason
 
 
+@pytest.mark.parametrize("size", [160, 200])
+def test_a_clip_too_short_for_whisper_features_is_a_clear_error(tiny_random, size):
+    """Whisper's features reflect half a window (200 samples) at each edge: shorter clips are too short."""
+    model, processor = tiny_random
+    for transcribe in (processor, ASRPipeline(model=model, processor=processor)):
+        with pytest.raises(InvalidAudioError, match=f"too short: {size} samples, at least 201") as error:
+            transcribe(noise(size / 16_000))
+        assert error.value.reason == "too_short"
+    assert processor(audio=noise(201 / 16_000))["input_features"].shape[-1] == 1
+
+
 def test_an_error_of_the_caller_inside_an_open_audio_file_is_not_called_a_decoding_error(tmp_path):
     path = tmp_path / "clip.wav"
     sf.write(path, noise(0.5), 16_000)

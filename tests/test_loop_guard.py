@@ -77,7 +77,7 @@ def test_a_looping_model_stops_early_with_one_copy(looping, monkeypatch):
     lengths = generated_lengths(looping, monkeypatch)
     assert looping(clip)["text"] == PHRASE.strip()
     unguarded = looping(clip, loop_guard=False)["text"]
-    assert lengths == [9, cap]  # three copies of the three-token phrase, then the duration cap
+    assert lengths == [18, cap]  # six copies of the three-token phrase (16 tokens at least), then the duration cap
     assert unguarded.startswith(f"{PHRASE.strip()} {PHRASE.strip()}")
     assert unguarded.count("water") == cap // 3
 
@@ -125,7 +125,7 @@ def ids(text: str) -> list[int]:
         "the best of the best",
         "very very",
         "no no no no",
-        "no , no , no ,",
+        "no , no , no , no , no",
         "a b c d e f g h i j k l m a b c d e f g h i j k l m",  # a long phrase said twice
     ],
 )
@@ -138,10 +138,10 @@ def test_legitimate_repeats_survive(text):
 @pytest.mark.parametrize(
     ("text", "kept"),
     [
-        ("a b the best of the best of the best of", "a b the best of"),
-        ("a b the best of the best of the best of the", "a b the best of"),  # a partial copy goes too
-        ("very very very very very very very very very", "very"),
-        ("no , no , no , no ,", "no ,"),
+        ("a b" + " the best of" * 6, "a b the best of"),
+        ("a b" + " the best of" * 6 + " the", "a b the best of"),  # a partial copy goes too
+        (" ".join(["very"] * 16), "very"),
+        ("no , " * 8, "no ,"),
         ("a b c d e f g h i j k l m a b c d e f g h i j k l m a b c d e f g h i j k l m", "a b c d e f g h i j k l m"),
     ],
 )
@@ -150,13 +150,33 @@ def test_loops_are_trimmed_to_one_copy(text, kept):
     assert guard.trim(ids(text)) == ids(kept)
 
 
+def stopped_text(guard: LoopGuard, tokenizer, text: str) -> str:
+    """What the pipeline keeps of a model that writes `text`: the guard stops it token by token, then trims it."""
+    tokens = tokenizer(text, add_special_tokens=False).input_ids
+    stop = next((n for n in range(1, len(tokens) + 1) if guard(torch.tensor([tokens[:n]]), None).item()), len(tokens))
+    return tokenizer.decode(guard.trim(tokens[:stop]))
+
+
+@pytest.mark.parametrize("text", ["The budget was 1,000,000,000 dollars last year.", "She said no, no, no, no, no."])
+def test_numbers_and_short_words_said_again_are_not_loops(tiny_random, text):
+    tokenizer = tiny_random[1].tokenizer
+    assert stopped_text(LoopGuard(prompt_length=0, tokenizer=tokenizer), tokenizer, text) == text
+
+
+def test_a_loop_of_words_stops_even_with_numbers_exempt(tiny_random):
+    tokenizer = tiny_random[1].tokenizer
+    guard = LoopGuard(prompt_length=0, tokenizer=tokenizer)
+    assert stopped_text(guard, tokenizer, "It was 1,000" + " the best of" * 20) == "It was 1,000 the best of"
+    assert stopped_text(guard, tokenizer, " no," * 20) == " no,"
+
+
 def test_stopping_is_judged_row_by_row():
     guard = LoopGuard(prompt_length=2)
     rows = torch.tensor(
         [
-            [0, 0, *ids("a b the best of the best of the best of")],
-            [0, 0, *ids("b the best of the best of the best of c")],
-            [0, 0, *ids("no no no no no no no no no no no")],
+            [0, 0, *ids("a b" + " the best of" * 6)],
+            [0, 0, *ids("b" + " the best of" * 6 + " c")],
+            [0, 0, *ids("no " * 20)],
         ]
     )
     assert guard(rows, None).tolist() == [True, False, True]
@@ -164,7 +184,7 @@ def test_stopping_is_judged_row_by_row():
 
 def test_parameters_come_from_the_model_config():
     guard = LoopGuard.from_config(5, ASRConfig(loop_min_repeats=4, loop_max_period=3))
-    assert (guard.prompt_length, guard.max_period, guard.min_repeats, guard.min_tokens) == (5, 3, 4, 8)
+    assert (guard.prompt_length, guard.max_period, guard.min_repeats, guard.min_tokens) == (5, 3, 4, 16)
     assert guard.trim(ids("the best of the best of the best of")) == ids("the best of the best of the best of")
     with pytest.raises(ValueError, match="min_repeats >= 2"):
         LoopGuard(0, min_repeats=1)

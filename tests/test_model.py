@@ -10,7 +10,7 @@ import torch
 from conftest import noise, run_like_a_user
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoProcessor, TextIteratorStreamer
+from transformers import AutoConfig, AutoModel, AutoProcessor, GenerationConfig, TextIteratorStreamer
 
 import cpu_inference_asr
 from configuration_asr import ASRConfig, num_audio_tokens
@@ -359,6 +359,23 @@ def test_new_tokens_are_capped_by_audio_duration(tiny_random):
     assert generated.shape[1] - batch["input_ids"].shape[1] == model.config.max_new_tokens_for(16_000)
 
 
+def test_a_length_the_caller_sets_replaces_the_duration_cap(tiny_random, monkeypatch):
+    model, processor = tiny_random
+    batch = processor(audio=[noise(1.0)])
+    prompt_length, cap = batch["input_ids"].shape[1], model.config.max_new_tokens_for(16_000)
+    never_stops = {"eos_token_id": -1, "pad_token_id": 0}
+
+    def new_tokens(**kwargs) -> int:
+        return model.generate(**batch, **kwargs).shape[1] - prompt_length
+
+    assert new_tokens(max_new_tokens=cap + 5, **never_stops) == cap + 5
+    assert new_tokens(max_length=prompt_length + 3, **never_stops) == 3
+    assert new_tokens(generation_config=GenerationConfig(max_new_tokens=cap + 5, **never_stops)) == cap + 5
+    assert new_tokens(generation_config=GenerationConfig(max_new_tokens=3, **never_stops)) == 3
+    monkeypatch.setattr(model.generation_config, "max_new_tokens", 3)
+    assert new_tokens(**never_stops) == 3
+
+
 def test_generate_streams_text(tiny_random):
     model, processor = tiny_random
     batch = processor(audio=[noise(1.0)])
@@ -455,6 +472,16 @@ def test_lora_adapters_are_saved_and_reloaded(tmp_path):
     assert set(lora) <= set(load_file(tmp_path / "model.safetensors"))
     reloaded = ASRModel.from_pretrained(tmp_path)
     torch.testing.assert_close(_outputs(reloaded, processor), _outputs(model, processor))
+
+
+def test_trained_weights_offloaded_to_the_meta_device_are_a_clear_error():
+    """Offloading a base model's layer (a `device_map` with `max_memory` or `offload_folder`) leaves the LoRA adapters
+    added to it on the meta device, where `load_state_dict` would do nothing and the model would run untrained."""
+    model, _ = build("tiny-random", lora_rank=4)
+    trained = {key: value for key, value in model.state_dict().items() if model.is_trained_weight(key)}
+    model.language_model.model.layers[-1].to("meta")
+    with pytest.raises(ValueError, match=r"4 trained weights \(language_model\.model\.layers\.1\..*lie on the meta"):
+        model.load_trained_weights(trained)
 
 
 def test_top_encoder_layers_train_and_are_saved_with_the_projector(tmp_path):

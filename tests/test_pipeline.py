@@ -9,8 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import noise, run_like_a_user
+from transformers import AutoModel, AutoProcessor, pipeline
 
 from pipeline_asr import ASRPipeline, file_blocks, split_at_quiet_points
+from processing_asr import load_audio
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +53,21 @@ def test_every_input_form_gives_the_same_transcript(asr, tmp_path):
         torch.from_numpy(pcm16.astype(np.float32) / 32768),
         {"array": pcm16.astype(np.float32) / 32768, "sampling_rate": 16_000},
         {"raw": pcm16, "sampling_rate": 16_000},
+        {"raw": pcm16.tolist(), "sampling_rate": 16_000},  # Python ints: int64
+        pcm16.astype(np.int32),
         np.stack([pcm16, pcm16]),  # (channels, samples) stereo
     ]
     for form in forms:
         assert asr(form)["text"] == expected
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bits"), [(np.int16, 16), (np.int32, 16), (np.int64, 16), (np.int32, 24), (np.int32, 32), (np.int64, 32)]
+)
+def test_integer_pcm_is_read_at_its_own_width_in_any_dtype(dtype, bits):
+    clip = noise(0.5, seed=5)
+    pcm = np.round(clip * 2 ** (bits - 1)).astype(dtype)
+    np.testing.assert_allclose(load_audio(pcm), clip, atol=2.0 ** (1 - bits), rtol=0)
 
 
 def test_any_sample_rate_is_resampled(asr):
@@ -155,6 +168,18 @@ def test_input_kinds_that_are_not_errors(asr):
     assert asr([]) == []
 
 
+def test_generate_kwargs_may_name_the_end_and_padding_tokens(asr):
+    """The caller's `eos_token_id` and `pad_token_id` replace the processor's, in `generate` and in the transcript."""
+    clip = noise(1.0, seed=6)
+    inputs = asr.processor(audio=clip)
+    free = asr.model.generate(**inputs, max_new_tokens=8, eos_token_id=-1, pad_token_id=0)
+    tokens = free[0, inputs["input_ids"].shape[1] :].tolist()
+    end = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])  # a token not written before
+    generate_kwargs = {"eos_token_id": tokens[end], "pad_token_id": 0}
+    result = asr(clip, max_new_tokens=8, loop_guard=False, generate_kwargs=generate_kwargs)
+    assert result["text"] == asr.processor.decode(tokens[:end], skip_special_tokens=True).strip()
+
+
 def test_a_transcript_streamer_streams_every_piece_and_ends_with_the_call(asr):
     streamer = asr.transcript_streamer(timeout=60)
     result = {}
@@ -235,6 +260,20 @@ def test_smoke_checkpoint_loads_in_a_fresh_process_outside_the_repo(smoke_dir, t
         """
     )
     run_like_a_user(script, tmp_path)
+
+
+def test_a_model_or_pipeline_loaded_as_remote_code_saves_a_folder_that_pipeline_loads(asr, tmp_path):
+    """Remote code runs from a cache that holds the model's own modules only, not the pipeline beside them."""
+    asr.model.save_pretrained(tmp_path / "model")
+    asr.processor.save_pretrained(tmp_path / "model")
+    remote_model = AutoModel.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    remote_model.save_pretrained(tmp_path / "resaved")
+    AutoProcessor.from_pretrained(tmp_path / "model", trust_remote_code=True).save_pretrained(tmp_path / "resaved")
+    remote = pipeline("automatic-speech-recognition", model=str(tmp_path / "resaved"), trust_remote_code=True)
+    remote.save_pretrained(tmp_path / "from_pipeline")
+    again = pipeline("automatic-speech-recognition", model=str(tmp_path / "from_pipeline"), trust_remote_code=True)
+    clip = noise(1.0, seed=7)
+    assert again(clip, max_new_tokens=4) == remote(clip, max_new_tokens=4) == asr(clip, max_new_tokens=4)
 
 
 def test_pieces_follow_the_models_chunk_length_unless_the_call_sets_one(asr, monkeypatch):
