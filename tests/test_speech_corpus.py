@@ -14,6 +14,7 @@ import soundfile as sf
 
 from tiny_audio import speech_corpus as msc
 from tiny_audio import tts
+from tiny_audio.augmentation import Augmentation
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="apt-get install espeak-ng")
 needs_fortunes = pytest.mark.skipif(not msc.FORTUNE_DIR.is_dir(), reason="apt-get install fortunes")
@@ -189,6 +190,31 @@ def test_attribution_and_all_caps_lines_are_dropped(tmp_path):
 
 @needs_espeak
 @needs_fortunes
+def test_sentences_that_sound_the_same_are_one(tmp_path):
+    (tmp_path / "fortunes").write_text(
+        "The genius has its limits.\n%\nThe genius has it's limits!\n%\nI am a computer.\n%\nI am a computer!\n"
+    )
+    assert msc.load_sentences(tmp_path) == ["The genius has its limits.", "I am a computer."]
+
+
+def test_augmentation_never_brings_a_training_voice_near_a_held_out_one():
+    """hibari's and piper's held-out voices are their one voice tape-shifted by 2 semitones; a training clip's
+    speed or pitch change must not land within a semitone of it."""
+    plan = msc.plan_corpus(msc.load_sentences(), {"train": 600, "validation": 50, "test": 5}, seed=0)
+    heard = [clip for clip in plan["train"] + plan["validation"] if clip.engine in ("hibari", "piper")]
+    assert len({clip.voice for clip in heard}) == 4 and sum(clip.augmentation.pitch != 0 for clip in heard) > 10
+    assert not any(msc.near_held_out_voice(clip.engine, clip.voice, clip.augmentation) for clip in heard)
+    assert msc.near_held_out_voice("piper", "joe", Augmentation(speed=0.9))  # -1.8 semitones: joe-2 within 0.2
+    assert not msc.near_held_out_voice("piper", "joe+2", Augmentation(speed=0.9))
+    assert not msc.near_held_out_voice("espeak", "en-us", Augmentation(pitch=-2.0))  # its held-out voices are others
+
+
+def test_an_unknown_engine_name_is_a_clear_command_line_error(capsys):
+    with pytest.raises(SystemExit):
+        msc.main(["out", "--engines", "espeak:10,pipr:5"])
+    assert "unknown TTS engine 'pipr'" in capsys.readouterr().err
+
+
 def test_corpus_layout_and_metadata(corpus):
     manifest = json.loads((corpus / "corpus.json").read_text())
     assert manifest["settings"]["counts"] == {"train": 10, "validation": 5, "test": 10}

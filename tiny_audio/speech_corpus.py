@@ -10,9 +10,12 @@ babble, music, reverberation, telephone band).  The result is an audiofolder dat
     OUT/corpus.json                            arguments, engines used and counts, written last
 
 Test sentences never occur in train or validation, and every engine's held-out voices speak only in the test
-split.  LONG_FRACTION of the train and validation clips read two or three sentences in a row (up to ~15 s), so
-that a model also learns to keep transcribing past one sentence.  Everything is drawn from one seeded RNG, and a rerun with the same arguments on a complete OUT does
-nothing.  An engine that is not installed is skipped with a logged message (espeak-ng is required).
+split (nor does augmentation bring a training voice near one).  LONG_FRACTION of the train and validation clips read
+two or three sentences in a row (up to ~15 s), so that a model also learns to keep transcribing past one sentence.
+Everything is drawn from one seeded RNG, and a rerun with the same arguments on a complete OUT does nothing.  Piper
+alone draws noise of its own, inside its ONNX graph, so its clips differ in their samples when they are synthesized
+again (the neural-voice cache keeps them).  An engine that is not installed is skipped with a logged message
+(espeak-ng is required).
 
     python -m tiny_audio.speech_corpus data/speech --num-train 6000 --workers 8
 """
@@ -23,6 +26,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -42,7 +46,7 @@ from tiny_audio.tts import ENGINES, SAMPLE_RATE, Espeak, espeak_binary, get_engi
 logger = logging.getLogger(__name__)
 
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 # Share of the clips each engine speaks (renormalized over the installed ones).  The neural voices carry over to
 # people best, so hibari and piper speak most clips (README: "What moved it"); Kokoro costs the most CPU per clip, so
@@ -57,6 +61,7 @@ MIN_WORDS, MAX_WORDS = 4, 16
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("file_name", "text", "engine", "voice", "speed", "pitch", "augmentation", "duration")
 
+NOT_HEARD = re.compile(r"[^a-z0-9\s]")
 CLEAN_SENTENCE = re.compile(r"[A-Z0-9][A-Za-z0-9 ,;'!?.-]*[.!?]")
 ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "prof", "no", "mt", "i.e", "e.g"}
 
@@ -110,14 +115,15 @@ def is_clean(sentence: str) -> bool:
 
 
 def load_sentences(directory: Path = FORTUNE_DIR) -> list[str]:
-    """Distinct clean sentences from every fortune file, in a fixed order."""
-    seen: dict[str, str] = {}
+    """Clean sentences from every fortune file, in a fixed order, each heard once: sentences that sound the same
+    ("its" and "it's", "!" and ".") are one, so that no test sentence is also read in training."""
+    heard: dict[str, str] = {}
     for path in fortune_files(directory):
         for fortune in read_fortunes(path):
             for sentence in split_sentences(fortune):
                 if is_clean(sentence):
-                    seen.setdefault(sentence.lower(), sentence)
-    return list(seen.values())
+                    heard.setdefault(" ".join(NOT_HEARD.sub("", sentence.lower()).split()), sentence)
+    return list(heard.values())
 
 
 def vocabulary(sentences: list[str]) -> set[str]:
@@ -177,6 +183,16 @@ def split_voices(engine: str, split: str) -> tuple[str, ...]:
     return tts.held_out_voices + tts.train_voices if split == "test" else tts.train_voices
 
 
+def near_held_out_voice(engine: str, voice: str, recipe: Augmentation) -> bool:
+    """Whether `recipe`'s speed or pitch change brings a training `voice` of a single-voice engine (whose other
+    voices are tape shifts of it) within a semitone of one of its held-out voices, which training must not hear."""
+    shifts = getattr(get_engine(engine), "SHIFTS", None)
+    if not shifts:
+        return False
+    heard = shifts[voice] + 12 * math.log2(recipe.speed) + recipe.pitch
+    return any(abs(heard - shifts[held_out]) < 1 for held_out in get_engine(engine).held_out_voices)
+
+
 def plan_corpus(
     sentences: list[str],
     counts: dict[str, int],
@@ -215,6 +231,8 @@ def plan_corpus(
             turns[engine] += 1
             pitch_range = get_engine(engine).pitch_range
             recipe = draw_augmentation(rng, augment_fraction)
+            while split != "test" and near_held_out_voice(engine, voice, recipe):
+                recipe = draw_augmentation(rng, augment_fraction)
             sentences_read = 1
             if split != "test" and rng.random() < long_fraction:
                 sentences_read = int(rng.integers(SENTENCES_PER_LONG_CLIP[0], SENTENCES_PER_LONG_CLIP[1] + 1))
@@ -403,7 +421,10 @@ def parse_shares(text: str) -> dict[str, float]:
             shares[name.strip()] = float(share)
         except ValueError:
             raise argparse.ArgumentTypeError(f"--engines wants NAME:SHARE pairs, got {item!r}") from None
-        get_engine(name.strip())
+        try:
+            get_engine(name.strip())
+        except ValueError as error:  # argparse would print only "invalid parse_shares value"
+            raise argparse.ArgumentTypeError(str(error)) from None
     return shares
 
 
