@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx2
 import huggingface_hub
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from huggingface_hub.errors import HfUriError, OfflineModeIsEnabled, RepositoryNotFoundError
 from huggingface_hub.utils import parse_hf_uri
 from safetensors import safe_open
@@ -97,7 +97,7 @@ class Checkpoint:
     @classmethod
     def read(cls, folder: str | Path) -> Checkpoint:
         """Config, run record, progress and eval results; a `checkpoint-N` also looks in its output dir."""
-        folder = Path(folder)
+        folder = Path(folder).absolute()  # "." has no name, and a checkpoint-N is known by its name
         if not folder.is_dir():
             raise HubPushError(f"{folder} is not a folder")
         config = _read_json(folder / "config.json")
@@ -633,32 +633,24 @@ def upload(
     base_delay: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
 ):
-    """Creates the model repo if needed (and the branch `revision`), then uploads `export_dir` in one commit.
+    """Creates the model repo if needed (and the branch `revision`), then uploads `export_dir` in one commit that
+    replaces the branch's files, so that the repo holds exactly the verified folder (no file of an earlier push).
 
-    The token is `token` or huggingface_hub's (HF_TOKEN, `hf auth login`). Each Hub call is retried with exponential
-    backoff on network errors, 429 and 5xx. Returns the CommitInfo; raises `HubPushError` with a one-line message.
+    A new repo without `private` takes its owner's default visibility; `private` refuses an existing public repo,
+    whose visibility `create_repo` would leave as it is. The token is `token` or huggingface_hub's (HF_TOKEN,
+    `hf auth login`). Each Hub call is retried with exponential backoff on network errors, 429 and 5xx. Returns the
+    CommitInfo; raises `HubPushError` with a one-line message.
     """
     repo_id = parse_repo_id(repo_id)
     token = token or huggingface_hub.get_token()
     if not token:
         raise HubPushError(NO_TOKEN)
     api = huggingface_hub.HfApi(token=token)
-    calls = {"create_repo": lambda: api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")}
-    if revision and revision != "main":
-        calls["create_branch"] = lambda: api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-    calls["upload_folder"] = lambda: api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(export_dir),
-        repo_type="model",
-        revision=revision,
-        commit_message=commit_message or "Upload Tiny Audio model",
-        create_pr=create_pr,
-    )
-    for name, call in calls.items():
+
+    def with_retries(name: str, call: Callable[[], object]):
         for attempt in range(1, attempts + 1):
             try:
-                result = call()
-                break
+                return call()
             except Exception as error:
                 if attempt == attempts or not (_status(error) in RETRY_STATUS or _is_network_error(error)):
                     raise HubPushError(_explain(error, repo_id, attempts)) from error
@@ -669,7 +661,27 @@ def upload(
                     file=sys.stderr,
                 )
                 sleep(delay)
-    return result
+
+    visibility = True if private else None  # False would make a new repo public whatever its owner's default
+    with_retries("create_repo", lambda: api.create_repo(repo_id, private=visibility, exist_ok=True, repo_type="model"))
+    if private and not with_retries("repo_info", lambda: api.repo_info(repo_id, repo_type="model")).private:
+        raise HubPushError(f"{repo_id} exists and is public: make it private on the Hub first, or push elsewhere")
+    if revision and revision != "main":
+        with_retries(
+            "create_branch", lambda: api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        )
+    return with_retries(
+        "upload_folder",
+        lambda: api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(export_dir),
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message or "Upload Tiny Audio model",
+            create_pr=create_pr,
+            delete_patterns=["*"],  # huggingface_hub keeps .gitattributes
+        ),
+    )
 
 
 def push_to_hub(
@@ -699,6 +711,8 @@ def push_to_hub(
     Checkpoint.read(checkpoint_dir)  # a missing folder or config.json is reported before anything else
     if not dry_run and not (token or huggingface_hub.get_token()):  # before the minutes of verification
         raise HubPushError(NO_TOKEN)
+    if not dry_run and constants.HF_HUB_OFFLINE:
+        raise HubPushError(_explain(OfflineModeIsEnabled(), repo_id, attempts))
     with tempfile.TemporaryDirectory(prefix="hub_push_") as scratch:
         target = Path(export_dir) if export_dir is not None else Path(scratch) / repo_id.split("/")[-1]
         assembly = prepare(checkpoint_dir, target, repo_id=repo_id, license=license, language=language, timeout=timeout)

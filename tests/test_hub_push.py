@@ -155,6 +155,7 @@ def hub(monkeypatch):
     api.upload_folder.return_value = mock.Mock(commit_url=f"https://huggingface.co/{REPO_ID}/commit/abc", pr_url=None)
     monkeypatch.setattr(huggingface_hub, "HfApi", api_class)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test_token")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # `make test` runs offline
     return api_class
 
 
@@ -374,11 +375,13 @@ def test_push_from_a_checkpoint_folder(model_dir, tmp_path, hub, fake_verify):
     hub.assert_called_once_with(token="hf_test_token")
     api = hub.return_value
     api.create_repo.assert_called_once_with(REPO_ID, private=True, exist_ok=True, repo_type="model")
+    api.repo_info.assert_called_once_with(REPO_ID, repo_type="model")  # (a MagicMock's .private is truthy)
     api.create_branch.assert_called_once_with(REPO_ID, branch="dev", repo_type="model", exist_ok=True)
     api.upload_folder.assert_called_once()
     kwargs = api.upload_folder.call_args.kwargs
     assert kwargs["repo_id"] == REPO_ID and kwargs["repo_type"] == "model"
     assert kwargs["revision"] == "dev" and kwargs["create_pr"] is True and kwargs["commit_message"] == "first model"
+    assert kwargs["delete_patterns"] == ["*"]  # the repo holds the verified folder, no file of an earlier push
     assert not Path(kwargs["folder_path"]).exists()  # temporary upload folder removed
     assert uploaded["files"] == MODEL_FILES | {"README.md"}
     meta = front_matter(uploaded["card"])
@@ -387,6 +390,13 @@ def test_push_from_a_checkpoint_folder(model_dir, tmp_path, hub, fake_verify):
     assert "after 40 optimizer steps" in uploaded["card"]
     assert fake_verify == [Path(kwargs["folder_path"])]  # verified before the upload
     assert tree_hashes(checkpoint.parent) == before  # nothing in the output dir changed or appeared
+
+
+def test_a_checkpoint_given_as_the_current_folder_is_still_a_checkpoint(model_dir, tmp_path, monkeypatch):
+    checkpoint = make_output_dir(model_dir, tmp_path, step=20)
+    monkeypatch.chdir(checkpoint)
+    read = hub_push.Checkpoint.read(".")
+    assert read.step == 20 and read.run_record == RUN_RECORD
 
 
 def test_checkpoint_results_are_only_taken_when_they_belong_to_it(model_dir, tmp_path):
@@ -409,7 +419,9 @@ def test_main_default_push_without_revision(model_dir, hub, fake_verify):
     code, _, stderr = run_main([model_dir, "--repo-id", REPO_ID])
     assert code == 0, stderr
     api = hub.return_value
-    api.create_repo.assert_called_once_with(REPO_ID, private=False, exist_ok=True, repo_type="model")
+    # no visibility sent: a new repo takes its owner's default, an organisation's private one included
+    api.create_repo.assert_called_once_with(REPO_ID, private=None, exist_ok=True, repo_type="model")
+    api.repo_info.assert_not_called()
     api.create_branch.assert_not_called()
     kwargs = api.upload_folder.call_args.kwargs
     assert kwargs["revision"] is None and kwargs["create_pr"] is False and kwargs["commit_message"]
@@ -425,6 +437,20 @@ def test_missing_token(model_dir, hub, fake_verify, monkeypatch):
     assert_one_line_error(code, stderr, "no Hugging Face token", "hf auth login", "HF_TOKEN")
     hub.assert_not_called()
     assert fake_verify == []  # refused before the slow verification
+
+
+def test_private_push_to_an_existing_public_repo_is_refused(model_dir, hub, fake_verify):
+    hub.return_value.repo_info.return_value = mock.Mock(private=False)
+    code, _, stderr = run_main([model_dir, "--repo-id", REPO_ID, "--private"])
+    assert_one_line_error(code, stderr, f"{REPO_ID} exists and is public")
+    hub.return_value.upload_folder.assert_not_called()
+
+
+def test_offline_mode_is_refused_before_verification(model_dir, hub, fake_verify, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code, _, stderr = run_main([model_dir, "--repo-id", REPO_ID])
+    assert_one_line_error(code, stderr, "HF_HUB_OFFLINE is set")
+    assert fake_verify == [] and not hub.return_value.upload_folder.called
 
 
 @pytest.mark.parametrize(
