@@ -680,6 +680,9 @@ def write_run_record(
 ) -> None:
     """`training_run.json`: the exact command and config, base models, data counts, stages and results."""
     config, data_args = model.config, arguments[-1]
+    # local folders as absolute paths, so that hub_push never takes one for a Hub dataset id (`outputs/corpus`)
+    names = data_args.dataset_name.split(",")
+    datasets = ",".join(str(Path(name).resolve()) if Path(name).is_dir() else name for name in names)
     record = {
         "preset": preset,
         "command": " ".join(["python", "train_trainer.py", *argv]),
@@ -693,7 +696,7 @@ def write_run_record(
             "train": None
             if train_counter is None
             else {
-                "dataset": data_args.dataset_name,
+                "dataset": datasets,
                 "config": data_args.dataset_config_name,
                 "split": data_args.train_split_name,
                 "samples": train_counter.summary()["kept"],
@@ -702,7 +705,7 @@ def write_run_record(
             "eval": None
             if eval_data is None
             else {
-                "dataset": data_args.dataset_name,
+                "dataset": datasets,
                 "config": data_args.dataset_config_name,
                 "split": data_args.eval_split_name,
                 "samples": len(eval_data),

@@ -170,6 +170,14 @@ def test_bad_data_is_skipped_and_counted_per_reason(tmp_path, messy_folder, capl
         )
 
 
+def test_a_local_dataset_is_recorded_by_its_absolute_path(tmp_path, messy_folder, monkeypatch):
+    """hub_push would take a relative folder such as `outputs/corpus` for a Hub dataset id once it is gone."""
+    monkeypatch.chdir(messy_folder.parent)
+    run(tmp_path, "--dataset_name", messy_folder.name, "--eval_split_name", "", "--max_steps", "1")
+    record = json.loads((tmp_path / "training_run.json").read_text())
+    assert record["data"]["train"]["dataset"] == str(messy_folder.resolve())
+
+
 def test_too_much_bad_data_is_a_clear_error(tmp_path, messy_folder):
     with pytest.raises(ValueError, match=r"examples are unusable .*--max_bad_fraction 0.01"):
         run(
