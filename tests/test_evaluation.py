@@ -22,6 +22,7 @@ from tiny_audio.evaluation import (
     score,
     score_non_speech,
     synthetic_non_speech_clips,
+    word_error_rate,
 )
 
 LONG_SECONDS = 31.5
@@ -88,8 +89,10 @@ def test_manifest_scoring_splits_the_long_clip(tiny_random, manifest_folder, mon
 
     monkeypatch.setattr(model, "generate", recording_generate)
     result = score(asr, read_manifest(manifest_folder), batch_size=2, max_new_tokens=4)
-    assert result["samples"] == 3 and len(result["hypotheses"]) == 3
-    assert isinstance(result["wer"], float) and result["wer"] >= 0 and result["rtfx"] > 0
+    assert result["samples"] == 3 and len(result["hypotheses"]) == 3 and result["rtfx"] > 0
+    references = [example["text"] for example in read_manifest(manifest_folder)]
+    assert result["wer"] == pytest.approx(word_error_rate(references, result["hypotheses"]))
+    assert result["wer"] > 0  # a random model's transcripts
     assert len(pieces) == 4 and max(pieces) <= 3000  # the 31.5 s clip went through as two pieces of <= 30 s
     assert sum(pieces) == pytest.approx(100 * (0.7 + 2.0 + LONG_SECONDS), abs=30)
 
@@ -199,6 +202,13 @@ def test_a_dataset_split_is_scored_whole_long_clips_included(manifest_folder, tm
 
 def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluation, "non_speech_clips", lambda: synthetic_non_speech_clips(seconds=1.0))
+    scored, score_clips = [], evaluation.score
+
+    def recording_score(*args, **kwargs):
+        scored.append(score_clips(*args, **kwargs))
+        return scored[-1]
+
+    monkeypatch.setattr(evaluation, "score", recording_score)
     folder = tmp_path / "speech"
     folder.mkdir()
     lines = [line for line in (manifest_folder / "manifest.jsonl").read_text().splitlines() if "long" not in line]
@@ -223,7 +233,7 @@ def test_command_line_scores_a_manifest_and_writes_a_summary(model_dir, manifest
     }
     assert summary["errors"]["by_training_count"]["once"]["share"] == 1.0  # every reference word occurs once
     assert summary["samples"] == 2 and summary["non_speech_clips"] == 7 and summary["source"] == str(folder)
-    assert 0 <= summary["non_speech_clips_with_text"] <= 1 and summary["wer"] >= 0
+    assert summary["wer"] == scored[0]["wer"] and summary["rtfx"] == scored[0]["rtfx"]
     assert json.loads(output.read_text()) == summary
     with pytest.raises(SystemExit):
         evaluation.main(["--model", str(model_dir)])  # neither --manifest nor --dataset_name

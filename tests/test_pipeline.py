@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
 from conftest import noise, run_like_a_user
 from transformers import AutoModel, AutoProcessor, pipeline
@@ -36,9 +37,13 @@ def write(path, samples, rate, **kwargs):
     ],
 )
 def test_transcribes_audio_files(asr, tmp_path, suffix, rate, channels, subtype):
+    """Any format, rate and channel count: decoded, mixed to mono and resampled to 16 kHz before the model."""
     samples = np.stack([noise(1.2, seed=c, rate=rate) for c in range(channels)], axis=1)
     path = write(tmp_path / f"clip{suffix}", samples, rate, **({"subtype": subtype} if subtype else {}))
-    assert isinstance(asr(path)["text"], str)
+    decoded, decoded_rate = sf.read(path, dtype="float32", always_2d=True)
+    mono_16k = soxr.resample(decoded.mean(1), decoded_rate, 16_000)
+    np.testing.assert_allclose(load_audio(path), mono_16k, atol=1e-4)
+    assert asr(path) == asr({"array": mono_16k, "sampling_rate": 16_000})
 
 
 def test_every_input_form_gives_the_same_transcript(asr, tmp_path):
@@ -71,8 +76,9 @@ def test_integer_pcm_is_read_at_its_own_width_in_any_dtype(dtype, bits):
 
 
 def test_any_sample_rate_is_resampled(asr):
-    result = asr({"array": noise(2.0, rate=8_000), "sampling_rate": 8_000})
-    assert isinstance(result["text"], str)
+    clip = noise(2.0, rate=8_000)
+    assert load_audio({"array": clip, "sampling_rate": 8_000}).size == 32_000
+    assert asr({"array": clip, "sampling_rate": 8_000}) == asr(soxr.resample(clip, 8_000, 16_000))
 
 
 @pytest.mark.parametrize("prefill", ["padded batch", "clip by clip"])
