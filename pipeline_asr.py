@@ -141,6 +141,12 @@ class LoopGuard(StoppingCriteria):
         """Copies of a `period`-token n-gram that make a loop."""
         return max(self.min_repeats, -(-self.min_tokens // period))
 
+    def same_word(self, token: int, other: int) -> bool:
+        """Whether two tokens are one, or (given the tokenizer) say the same apart from a space before it."""
+        if token == other or self.tokenizer is None:
+            return token == other
+        return self.tokenizer.decode([token]).strip() == self.tokenizer.decode([other]).strip()
+
     def can_loop(self, ngram: list[int]) -> bool:
         """Whether repeating `ngram` can be a loop: it holds a letter (any n-gram, without a tokenizer)."""
         return self.tokenizer is None or any(character.isalpha() for character in self.tokenizer.decode(ngram))
@@ -162,11 +168,12 @@ class LoopGuard(StoppingCriteria):
         return (tail[:, period:] == tail[:, :-period]).all(dim=1)
 
     def trim(self, tokens: list[int]) -> list[int]:
-        """`tokens` with a loop at their end (and any partial copy after it) cut back to its first copy."""
+        """`tokens` with a loop at their end (and any partial copy after it) cut back to its first copy. The first
+        copy may begin with its first word's token without the space before it ("It" where the copies say " It")."""
         cut = len(tokens)
         for period in range(1, self.max_period + 1):
             run = 0  # trailing tokens equal to the token `period` places before them
-            while run < len(tokens) - period and tokens[-1 - run] == tokens[-1 - run - period]:
+            while run < len(tokens) - period and self.same_word(tokens[-1 - run], tokens[-1 - run - period]):
                 run += 1
             first_copy = tokens[len(tokens) - run - period : len(tokens) - run]
             if run + period >= period * self.repeats(period) and self.can_loop(first_copy):

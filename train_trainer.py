@@ -351,6 +351,14 @@ class ASRTrainer(Trainer):
             )
         return super().create_optimizer(model)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A checkpoint of trained weights only lacks the frozen bases by design: only a missing trained weight (or
+        an unexpected one) is worth the Trainer's warning on resuming."""
+        if self.model.config.trained_weights_only:
+            missing = [key for key in load_result.missing_keys if self.model.is_trained_weight(key)]
+            load_result = load_result._replace(missing_keys=missing)
+        super()._issue_warnings_after_load(load_result)
+
     def get_eval_dataloader(self, eval_dataset=None):
         """Evaluation batches from `eval_data_collator` when given: no SpecAugment, and no teacher readings, which
         would hand the LLM each reference transcript."""

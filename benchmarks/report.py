@@ -3,6 +3,7 @@
 python -m benchmarks.report
 """
 
+import argparse
 import datetime
 import json
 import sys
@@ -42,7 +43,8 @@ def summary_line(name: str, result: dict) -> str | None:
     return None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     files = sorted(
         RESULTS_DIR.glob("*.json"),
         key=lambda p: (next((i for i, o in enumerate(ORDER) if p.stem.startswith(o)), 9), p.stem),

@@ -163,6 +163,13 @@ def test_numbers_and_short_words_said_again_are_not_loops(tiny_random, text):
     assert stopped_text(LoopGuard(prompt_length=0, tokenizer=tokenizer), tokenizer, text) == text
 
 
+def test_a_loop_of_whole_sentences_keeps_exactly_the_first(tiny_random):
+    """The first copy starts without the space that the later ones have ("he" where they say " he")."""
+    tokenizer = tiny_random[1].tokenizer
+    guard = LoopGuard(prompt_length=0, tokenizer=tokenizer)
+    assert stopped_text(guard, tokenizer, "he said all of it." + " he said all of it." * 5) == "he said all of it."
+
+
 def test_a_loop_of_words_stops_even_with_numbers_exempt(tiny_random):
     tokenizer = tiny_random[1].tokenizer
     guard = LoopGuard(prompt_length=0, tokenizer=tokenizer)
