@@ -306,9 +306,15 @@ class ASRPipeline(ChunkPipeline):
                 )
             if follow_reading:
                 generate_kwargs["tokenizer"] = tokenizer  # a TokenReadout model keeps to its reading
-            # the caller's end and padding tokens, if given, end the rows in place of the processor's
-            generate_kwargs.setdefault("eos_token_id", self.processor.end_of_turn_token_id)
-            generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+            # the caller's end and padding tokens (keywords, or a `generation_config`'s), if given, end the rows in
+            # place of the processor's
+            config = generate_kwargs.get("generation_config")
+            for key, default in (
+                ("eos_token_id", self.processor.end_of_turn_token_id),
+                ("pad_token_id", tokenizer.pad_token_id),
+            ):
+                chosen = getattr(config, key, None)
+                generate_kwargs.setdefault(key, default if chosen is None else chosen)
             ends = {*np.atleast_1d(generate_kwargs["eos_token_id"]).tolist(), generate_kwargs["pad_token_id"]}
             generated = self.model.generate(**inputs, **generate_kwargs)
             rows = []

@@ -10,7 +10,7 @@ import soundfile as sf
 import soxr
 import torch
 from conftest import noise, run_like_a_user
-from transformers import AutoModel, AutoProcessor, pipeline
+from transformers import AutoModel, AutoProcessor, GenerationConfig, pipeline
 
 from pipeline_asr import ASRPipeline, file_blocks, split_at_quiet_points
 from processing_asr import load_audio
@@ -181,9 +181,11 @@ def test_generate_kwargs_may_name_the_end_and_padding_tokens(asr):
     free = asr.model.generate(**inputs, max_new_tokens=8, eos_token_id=-1, pad_token_id=0)
     tokens = free[0, inputs["input_ids"].shape[1] :].tolist()
     end = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])  # a token not written before
+    expected = asr.processor.decode(tokens[:end], skip_special_tokens=True).strip()
     generate_kwargs = {"eos_token_id": tokens[end], "pad_token_id": 0}
-    result = asr(clip, max_new_tokens=8, loop_guard=False, generate_kwargs=generate_kwargs)
-    assert result["text"] == asr.processor.decode(tokens[:end], skip_special_tokens=True).strip()
+    assert asr(clip, max_new_tokens=8, loop_guard=False, generate_kwargs=generate_kwargs)["text"] == expected
+    config = GenerationConfig(max_new_tokens=8, do_sample=False, **generate_kwargs)
+    assert asr(clip, loop_guard=False, generate_kwargs={"generation_config": config})["text"] == expected
 
 
 def test_a_transcript_streamer_streams_every_piece_and_ends_with_the_call(asr):
