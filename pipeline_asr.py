@@ -143,9 +143,10 @@ class LoopGuard(StoppingCriteria):
 
     def same_word(self, token: int, other: int) -> bool:
         """Whether two tokens are one, or (given the tokenizer) say the same apart from a space before it."""
-        if token == other or self.tokenizer is None:
-            return token == other
-        return self.tokenizer.decode([token]).strip() == self.tokenizer.decode([other]).strip()
+        return token == other or (
+            self.tokenizer is not None
+            and self.tokenizer.decode([token]).strip() == self.tokenizer.decode([other]).strip()
+        )
 
     def can_loop(self, ngram: list[int]) -> bool:
         """Whether repeating `ngram` can be a loop: it holds a letter (any n-gram, without a tokenizer)."""

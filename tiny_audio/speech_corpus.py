@@ -186,11 +186,12 @@ def split_voices(engine: str, split: str) -> tuple[str, ...]:
 def near_held_out_voice(engine: str, voice: str, recipe: Augmentation) -> bool:
     """Whether `recipe`'s speed or pitch change brings a training `voice` of a single-voice engine (whose other
     voices are tape shifts of it) within a semitone of one of its held-out voices, which training must not hear."""
-    shifts = getattr(get_engine(engine), "SHIFTS", None)
+    speaker = get_engine(engine)
+    shifts = getattr(speaker, "SHIFTS", None)
     if not shifts:
         return False
     heard = shifts[voice] + 12 * math.log2(recipe.speed) + recipe.pitch
-    return any(abs(heard - shifts[held_out]) < 1 for held_out in get_engine(engine).held_out_voices)
+    return any(abs(heard - shifts[held_out]) < 1 for held_out in speaker.held_out_voices)
 
 
 def plan_corpus(
